@@ -173,8 +173,43 @@ def _attrs(o: Object, keys: Sequence[str]) -> dict:
     return {k: getattr(o, k) for k in keys}
 
 
+class _Objs(list):
+    """The objects of one scene plus a memo of derived facts (pure functions of the objects)."""
+
+    def __init__(self, items):
+        super().__init__(items)
+        self.memo: dict = {}
+
+
+def _memoised(kind: str):
+    """Memoise a pure method ``f(self, objs, i, exclude)`` on ``objs.memo`` (when present)."""
+
+    def deco(f):
+        def wrapper(self, objs, i, exclude=None):
+            memo = getattr(objs, "memo", None)
+            if memo is None:
+                return f(self, objs, i, exclude)
+            key = (kind, i, exclude)
+            if key not in memo:
+                memo[key] = f(self, objs, i, exclude)
+            return memo[key]
+
+        wrapper.__doc__ = f.__doc__
+        return wrapper
+
+    return deco
+
+
 def _matches(objs: Sequence[Object], attrs: dict) -> list[int]:
-    return [i for i, o in enumerate(objs) if all(getattr(o, k) == v for k, v in attrs.items())]
+    """Indices of the objects having all the given attribute values (do not mutate)."""
+    memo = getattr(objs, "memo", None)
+    key = tuple(attrs.items())
+    if memo is not None and key in memo:
+        return memo[key]
+    out = [i for i, o in enumerate(objs) if all(getattr(o, k) == v for k, v in key)]
+    if memo is not None:
+        memo[key] = out
+    return out
 
 
 _SUBSETS = (
@@ -266,13 +301,13 @@ class ShapesWorld:
         rng = np.random.default_rng([self.seed, int(index)])
         img, bg_name = render.background(rng, self.resolution)
         py = random.Random(int(rng.integers(0, 2**62)))
-        objects = self._place_and_draw(img, py)
+        objects = _Objs(self._place_and_draw(img, py))
         refexps = self._refexps(objects, py)
         return Scene(
             index=int(index),
             image=img,
             caption=self._caption(objects, bg_name, py),
-            objects=objects,
+            objects=list(objects),
             refexps=refexps,
             vqa=self._vqa(objects, py),
             counting=self._counting(objects, py),
@@ -383,6 +418,7 @@ class ShapesWorld:
         return py.choice(templates).format(b=body, bg=bg)
 
     # ----------------------------------------------------------------- referring
+    @_memoised("u")
     def _unique_attr_descs(
         self, objs: list[Object], i: int, exclude: str | None = None
     ) -> list[dict]:
@@ -396,6 +432,7 @@ class ShapesWorld:
                 out.append(a)
         return out
 
+    @_memoised("e")
     def _extreme_descs(self, objs: list[Object], i: int, exclude: str | None = None) -> list[tuple]:
         """(extreme, attrs) such that object i is clearly the extreme among matches of attrs."""
         m = self.margin
@@ -414,6 +451,7 @@ class ShapesWorld:
                     out.append((ext, a))
         return out
 
+    @_memoised("r")
     def _relation_descs(
         self, objs: list[Object], i: int, exclude: str | None = None
     ) -> list[tuple]:
