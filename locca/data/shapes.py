@@ -140,7 +140,8 @@ class KnowledgeQ:
 class Scene:
     index: int
     image: np.ndarray  # uint8 [H, W, 3]
-    caption: str
+    caption: str  # the main caption (== captions[0])
+    captions: list[str]  # five captions, COCO style
     objects: list[Object]
     refexps: list[RefExp]
     vqa: list[Question]
@@ -303,10 +304,12 @@ class ShapesWorld:
         py = random.Random(int(rng.integers(0, 2**62)))
         objects = _Objs(self._place_and_draw(img, py))
         refexps = self._refexps(objects, py)
+        captions = self._captions(objects, bg_name, py)
         return Scene(
             index=int(index),
             image=img,
-            caption=self._caption(objects, bg_name, py),
+            caption=captions[0],
+            captions=captions,
             objects=list(objects),
             refexps=refexps,
             vqa=self._vqa(objects, py),
@@ -385,7 +388,8 @@ class ShapesWorld:
         return objects
 
     # ----------------------------------------------------------------- caption
-    def _caption(self, objs: list[Object], bg: str, py: random.Random) -> str:
+    def _captions(self, objs: list[Object], bg: str, py: random.Random) -> list[str]:
+        """Five holistic captions (COCO has five per image): different templates and orders."""
         groups: dict[tuple[str, str], list[Object]] = {}
         for o in objs:
             groups.setdefault((o.colour, o.shape), []).append(o)
@@ -405,7 +409,6 @@ class ShapesWorld:
                     attrs["size"] = g[0].size
                 p = _num(len(g)) + " " + _desc(attrs, plural=True)
             phrases.append(p)
-        body = _join(phrases)
         total = len(objs)
         templates = [
             "{b}",
@@ -415,7 +418,13 @@ class ShapesWorld:
             ("there are {b}" if total > 1 else "there is {b}") + " on a noisy background",
             "a {bg} background with {b}",
         ]
-        return py.choice(templates).format(b=body, bg=bg)
+        out = []
+        for k, t in enumerate(py.sample(templates, 5)):
+            ph = list(phrases)
+            if k > 0 and py.random() < 0.5:
+                py.shuffle(ph)
+            out.append(t.format(b=_join(ph), bg=bg))
+        return out
 
     # ----------------------------------------------------------------- referring
     @_memoised("u")
