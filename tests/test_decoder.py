@@ -157,3 +157,14 @@ def test_errors():
 def test_default_decoder_config():
     cfg = dec.default_decoder_config(dict(width=1024, depth=24, mlp_dim=4096, num_heads=16))
     assert cfg == dict(width=1024, depth=12, mlp_dim=4096, num_heads=16)
+
+
+def test_grouped_cross_attention_equals_tiled_encoder(setup):
+    model, params, enc, tokens = setup  # enc [3, N, 24]
+    toks = jnp.concatenate([tokens, jnp.roll(tokens, 1, axis=1)])  # [6, L]: 2 passes x 3 images
+    par = jnp.array([True, False, False, False, True, False])
+    grouped = model.apply({"params": params}, enc, toks, par)
+    tiled = model.apply({"params": params}, jnp.tile(enc, (2, 1, 1)), toks, par)
+    np.testing.assert_allclose(np.asarray(grouped), np.asarray(tiled), atol=1e-5)
+    with pytest.raises(ValueError, match="multiple"):
+        model.apply({"params": params}, jnp.tile(enc, (2, 1, 1))[:4], toks)

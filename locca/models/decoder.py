@@ -159,13 +159,22 @@ class Attention(nn.Module):
             raise ValueError(f"kind must be 'self' or 'cross', got {self.kind!r}")
 
         q = q / np.sqrt(head_dim).astype(np.float32)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)  # [B, H, L, L_kv]
+        # Grouped queries: a batch of G * B queries may attend to B key/value rows
+        # (query row g * B + b reads kv row b), so LocCa's three decoder passes
+        # share one projection of the encoder tokens instead of tiling them.
+        b, b_kv = q.shape[0], k.shape[0]
+        if b % b_kv:
+            raise ValueError(f"query batch {b} is not a multiple of key/value batch {b_kv}")
+        qg = q.reshape((b // b_kv, b_kv) + q.shape[1:])  # [G, B_kv, L, H, Dh]
+        logits = jnp.einsum("gbqhd,bkhd->gbhqk", qg, k).astype(jnp.float32)
+        logits = logits.reshape((b,) + logits.shape[2:])  # [B, H, L, L_kv]
         if mask is not None:
             logits = jnp.where(mask, logits, _NEG_INF)
         weights = jax.nn.softmax(logits, axis=-1)
         if self.dropout > 0.0:
             weights = nn.Dropout(rate=self.dropout)(weights, deterministic=deterministic)
-        y = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)  # [B, L, H, Dh]
+        wg = weights.astype(v.dtype).reshape((b // b_kv, b_kv) + weights.shape[1:])
+        y = jnp.einsum("gbhqk,bkhd->gbqhd", wg, v).reshape(q.shape)  # [B, L, H, Dh]
         return nn.DenseGeneral(
             features=features,
             axis=(-2, -1),
@@ -288,14 +297,19 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(
         self,
-        encoded: Array | None,  # [B, N, D_enc]; may be None in decode steps
-        tokens: Array,  # [B, L] int decoder input tokens
+        encoded: Array | None,  # [B_enc, N, D_enc]; None in decode steps
+        tokens: Array,  # [B, L] int decoder input tokens; B a multiple of B_enc
         parallel: Array | None = None,  # [B] bool
         *,
         train: bool = False,
         decode: bool = False,
     ) -> Array:
-        """Returns logits [B, L, vocab_size] float32."""
+        """Returns logits [B, L, vocab_size] float32.
+
+        ``encoded`` may have fewer rows than ``tokens``: with B = G * B_enc,
+        token row ``g * B_enc + b`` cross-attends to image ``b`` (LocCa's task
+        passes concatenated along the batch share one encoder pass).
+        """
         deterministic = not train
         tokens = jnp.asarray(tokens, jnp.int32)
         b, length = tokens.shape
