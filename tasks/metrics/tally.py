@@ -1,0 +1,94 @@
+"""TallyQA counting accuracy: exact match of the predicted count.
+
+A prediction is read as a count by :func:`parse_count`: ``strip``, lower-case,
+trailing ``.``/``!``/``?`` removed; then either a decimal integer (``"2"``,
+``"02"``) or a number word ``zero``..``twenty`` (``"none"`` and ``"no"`` also
+mean 0). Anything else is unreadable and counts as wrong. Integers are taken
+as they are. Accuracies are percentages, overall and for the ``simple`` /
+``complex`` subsets (``issimple`` true / false).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["parse_count", "tally_accuracy", "tally_report"]
+
+_WORDS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen twenty"
+).split()
+_COUNT_WORDS = {w: i for i, w in enumerate(_WORDS)} | {"none": 0, "no": 0}
+_DIGITS = re.compile(r"\d+")
+
+
+def parse_count(prediction: Any) -> int | None:
+    """Prediction (str or int) -> non-negative int count, or None if unreadable."""
+    if isinstance(prediction, bool):
+        return None
+    if isinstance(prediction, int):
+        return prediction if prediction >= 0 else None
+    if not isinstance(prediction, str):
+        return None
+    text = prediction.strip().lower().rstrip(".!?").strip()
+    if _DIGITS.fullmatch(text):
+        return int(text)
+    return _COUNT_WORDS.get(text)
+
+
+def tally_report(
+    answers: Sequence[int],
+    predictions: Sequence[Any],
+    issimple: Sequence[bool | None] | None = None,
+) -> dict[str, Any]:
+    """Accuracy (%) overall and, where ``issimple`` is known, on simple/complex.
+
+    Returns ``{"overall", "num_questions", "num_unparsed"[, "simple",
+    "num_simple", "complex", "num_complex"]}``; a prediction of ``None`` is
+    wrong (use it for missing predictions).
+    """
+    if len(answers) != len(predictions):
+        raise ValueError(f"{len(answers)} answers but {len(predictions)} predictions")
+    if not answers:
+        raise ValueError("no questions to score")
+    if issimple is None:
+        issimple = [None] * len(answers)
+    correct, unparsed = [], 0
+    for gt, pred in zip(answers, predictions):
+        count = parse_count(pred)
+        unparsed += pred is not None and count is None
+        correct.append(count is not None and count == int(gt))
+    out: dict[str, Any] = {
+        "overall": 100.0 * sum(correct) / len(correct),
+        "num_questions": len(correct),
+        "num_unparsed": unparsed,
+    }
+    for name, flag in (("simple", True), ("complex", False)):
+        sub = [c for c, s in zip(correct, issimple) if s is flag]
+        if sub:
+            out[name] = 100.0 * sum(sub) / len(sub)
+            out[f"num_{name}"] = len(sub)
+    return out
+
+
+def tally_accuracy(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
+    """seqio metric: ``{"tally_accuracy": %[, "tally_simple", "tally_complex"]}``.
+
+    Targets are counts (int or digit strings) or dicts ``{"answer", "issimple"}``.
+    """
+    answers, simple = [], []
+    for t in targets:
+        if isinstance(t, Mapping):
+            answers.append(int(t["answer"]))
+            simple.append(t.get("issimple"))
+        else:
+            answers.append(int(t))
+            simple.append(None)
+    rep = tally_report(answers, predictions, simple)
+    out = {"tally_accuracy": rep["overall"]}
+    for name in ("simple", "complex"):
+        if name in rep:
+            out[f"tally_{name}"] = rep[name]
+    return out
