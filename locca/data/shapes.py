@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -174,6 +175,17 @@ def _attrs(o: Object, keys: Sequence[str]) -> dict:
     return {k: getattr(o, k) for k in keys}
 
 
+@functools.lru_cache(maxsize=4096)
+def _fitting_words(shape: str, d: int) -> tuple[tuple[str, int], ...]:
+    """(word, font size) for the words legible inside ``shape`` of side d pixels."""
+    out = []
+    for w in WORDS:
+        fs = render.fit_font_size(w, shape, d)
+        if fs is not None:
+            out.append((w, fs))
+    return tuple(out)
+
+
 class _Objs(list):
     """The objects of one scene plus a memo of derived facts (pure functions of the objects)."""
 
@@ -217,6 +229,24 @@ _SUBSETS = (
     ("shape",), ("colour",), ("colour", "shape"), ("size", "shape"), ("size",),
     ("size", "colour"), ("size", "colour", "shape"),
 )  # fmt: skip
+
+
+_SUBSETS0 = ((),) + _SUBSETS
+
+
+def _signed_values(objs: Sequence[Object]) -> dict[str, list[float]]:
+    """Per relation/extreme name, each object's coordinate signed so that "o rel a" is
+    ``v[a] - v[o] > 0`` and "the <extreme>" minimises ``v`` (memoised per scene)."""
+    memo = getattr(objs, "memo", None)
+    if memo is not None and "sv" in memo:
+        return memo["sv"]
+    out = {}
+    for name in RELATIONS + EXTREMES:
+        s = _rel_sign(name)
+        out[name] = [s * _rel_value(o, name) for o in objs]
+    if memo is not None:
+        memo["sv"] = out
+    return out
 
 
 def _rel_value(o: Object, rel: str) -> float:
@@ -333,20 +363,27 @@ class ShapesWorld:
         for _ in range(n):
             shape = py.choice(SHAPES)
             colour = py.choice(COLOUR_NAMES)
-            size = py.choice(SIZES)
-            d = int(round(R * render.SIZE_FRACTION[size] * py.uniform(0.93, 1.07)))
-            for _try in range(25):
-                x0 = py.randint(1, R - d - 2)
-                y0 = py.randint(1, R - d - 2)
-                if all(
-                    x0 + d + gap <= px
-                    or px + pd + gap <= x0
-                    or y0 + d + gap <= py_
-                    or py_ + pd + gap <= y0
-                    for px, py_, pd in placed
-                ):
-                    placed.append((x0, y0, d))
-                    specs.append((shape, colour, size, x0, y0, d))
+            wanted = py.choice(SIZES)
+            jitter = py.uniform(0.93, 1.07)
+            ok = False
+            # Rejection sampling; when an object does not fit, try it one size smaller.
+            for size in SIZES[: SIZES.index(wanted) + 1][::-1]:
+                d = int(round(R * render.SIZE_FRACTION[size] * jitter))
+                for _try in range(20):
+                    x0 = py.randint(1, R - d - 2)
+                    y0 = py.randint(1, R - d - 2)
+                    if all(
+                        x0 + d + gap <= px
+                        or px + pd + gap <= x0
+                        or y0 + d + gap <= py_
+                        or py_ + pd + gap <= y0
+                        for px, py_, pd in placed
+                    ):
+                        placed.append((x0, y0, d))
+                        specs.append((shape, colour, size, x0, y0, d))
+                        ok = True
+                        break
+                if ok:
                     break
         if not specs:  # cannot happen for resolution >= 32, but keep scenes non-empty
             specs.append(("circle", "red", "medium", R // 3, R // 3, int(R * 0.22)))
@@ -358,15 +395,11 @@ class ShapesWorld:
             pil.paste(COLOURS[colour], (x0, y0), mask)
             (l, u, r, b), area = render.mask_stats(shape, d)
             word = None
-            if shape in render.WORD_SHAPES and py.random() < self.word_prob:
-                cand = py.choice(WORDS)
-                fs = render.fit_font_size(cand, shape, d)
-                if fs is not None:
-                    word = cand
-                    c = (x0 + (d - 1) / 2.0, y0 + (d - 1) / 2.0)
-                    draw.text(
-                        c, word, fill=render.TEXT_FILL[colour], font=render.font(fs), anchor="mm"
-                    )
+            fitting = _fitting_words(shape, d)
+            if fitting and py.random() < self.word_prob:
+                word, fs = py.choice(fitting)
+                c = (x0 + (d - 1) / 2.0, y0 + (d - 1) / 2.0)
+                draw.text(c, word, fill=render.TEXT_FILL[colour], font=render.font(fs), anchor="mm")
             box = [(y0 + u) / R, (x0 + l) / R, (y0 + b) / R, (x0 + r) / R]
             poly = render.shape_polygon(shape, float(x0), float(y0), float(d - 1))
             o = Object(
@@ -445,8 +478,9 @@ class ShapesWorld:
     def _extreme_descs(self, objs: list[Object], i: int, exclude: str | None = None) -> list[tuple]:
         """(extreme, attrs) such that object i is clearly the extreme among matches of attrs."""
         m = self.margin
+        sv = _signed_values(objs)
         out = []
-        for keys in ((),) + _SUBSETS:
+        for keys in _SUBSETS0:
             if exclude is not None and exclude in keys:
                 continue
             a = _attrs(objs[i], keys)
@@ -454,37 +488,47 @@ class ShapesWorld:
             if len(group) < 2:
                 continue
             for ext in EXTREMES:
-                s = _rel_sign(ext)
-                v = s * _rel_value(objs[i], ext)
-                if all(v + m < s * _rel_value(objs[j], ext) for j in group if j != i):
+                v = sv[ext]
+                vi = v[i] + m
+                if all(vi < v[j] for j in group if j != i):
                     out.append((ext, a))
+        return out
+
+    @_memoised("R")
+    def _relation_all(self, objs: list[Object], i: int, exclude: None = None) -> list[tuple]:
+        """(keys, relation, anchor_index) for every attribute subset that, with the relation
+        to the anchor, singles out object i (anchors: uniquely describable objects)."""
+        m = self.margin
+        sv = _signed_values(objs)
+        out = []
+        for a_idx in range(len(objs)):
+            if a_idx == i or not self._unique_attr_descs(objs, a_idx):
+                continue
+            for rel in RELATIONS:
+                v = sv[rel]
+                va = v[a_idx]
+                if not va - v[i] > m:
+                    continue
+                for keys in _SUBSETS0:
+                    group = _matches(objs, _attrs(objs[i], keys))
+                    if all(j == i or j == a_idx or va - v[j] <= -m for j in group):
+                        out.append((keys, rel, a_idx))
         return out
 
     @_memoised("r")
     def _relation_descs(
         self, objs: list[Object], i: int, exclude: str | None = None
     ) -> list[tuple]:
-        """(attrs, relation, anchor_index, anchor_attrs) singling out object i."""
-        m = self.margin
+        """(attrs, relation, anchor_index, anchor_attrs) singling out object i, with the
+        smallest attribute set (not using ``exclude``) per (anchor, relation)."""
         out = []
-        for a_idx in range(len(objs)):
-            if a_idx == i:
+        done = set()
+        for keys, rel, a_idx in self._relation_all(objs, i):
+            if (exclude is not None and exclude in keys) or (rel, a_idx) in done:
                 continue
-            anchor_descs = self._unique_attr_descs(objs, a_idx)
-            if not anchor_descs:
-                continue
-            anchor_attrs = anchor_descs[0]
-            for rel in RELATIONS:
-                if not _relation(objs[i], objs[a_idx], rel, m):
-                    continue
-                for keys in ((),) + _SUBSETS:
-                    if exclude is not None and exclude in keys:
-                        continue
-                    a = _attrs(objs[i], keys)
-                    group = [j for j in _matches(objs, a) if j != a_idx]
-                    if all(j == i or not _relation(objs[j], objs[a_idx], rel, -m) for j in group):
-                        out.append((a, rel, a_idx, anchor_attrs))
-                        break  # the smallest attribute set for this (anchor, relation)
+            done.add((rel, a_idx))
+            anchor_attrs = self._unique_attr_descs(objs, a_idx)[0]
+            out.append((_attrs(objs[i], keys), rel, a_idx, anchor_attrs))
         return out
 
     def _refexps(self, objs: list[Object], py: random.Random) -> list[RefExp]:
@@ -494,15 +538,11 @@ class ShapesWorld:
             if o.word is not None:
                 word_counts[o.word] = word_counts.get(o.word, 0) + 1
         for i, o in enumerate(objs):
-            cands: list[tuple[str, str]] = []
-            for a in self._unique_attr_descs(objs, i)[:3]:
-                cands.append(("attribute", "the " + _desc(a)))
-            for ext, a in self._extreme_descs(objs, i):
-                cands.append(("extreme", f"the {ext} {_desc(a)}"))
-            for a, rel, _, aa in self._relation_descs(objs, i):
-                cands.append(("relation", f"the {_desc(a)} {rel} the {_desc(aa)}"))
+            cands: list[tuple] = [("attribute", a) for a in self._unique_attr_descs(objs, i)[:3]]
+            cands += [("extreme", x) for x in self._extreme_descs(objs, i)]
+            cands += [("relation", x) for x in self._relation_descs(objs, i)]
             if o.word is not None and word_counts[o.word] == 1:
-                cands.append(("word", f"the {GENERIC_NOUN} with the word {o.word}"))
+                cands.append(("word", o.word))
             if not cands:
                 continue
             # Up to two expressions per object, preferring different kinds.
@@ -512,7 +552,15 @@ class ShapesWorld:
                 if c[0] != chosen[0][0]:
                     chosen.append(c)
                     break
-            for kind, text in chosen:
+            for kind, x in chosen:
+                if kind == "attribute":
+                    text = "the " + _desc(x)
+                elif kind == "extreme":
+                    text = f"the {x[0]} {_desc(x[1])}"
+                elif kind == "relation":
+                    text = f"the {_desc(x[0])} {x[1]} the {_desc(x[3])}"
+                else:
+                    text = f"the {GENERIC_NOUN} with the word {x}"
                 out.append(RefExp(text=text, object_index=i, box=list(o.box), kind=kind))
         return out
 
@@ -521,13 +569,20 @@ class ShapesWorld:
     ) -> str | None:
         """A phrase ('red circle', 'leftmost shape', 'shape left of the red star') for object i
         that does not mention attribute ``exclude``."""
-        cands = [_desc(a) for a in self._unique_attr_descs(objs, i, exclude)]
-        cands += [f"{e} {_desc(a)}" for e, a in self._extreme_descs(objs, i, exclude)]
-        cands += [
-            f"{_desc(a)} {rel} the {_desc(aa)}"
-            for a, rel, _, aa in self._relation_descs(objs, i, exclude)
-        ]
-        return py.choice(cands) if cands else None
+        u = self._unique_attr_descs(objs, i, exclude)
+        e = self._extreme_descs(objs, i, exclude)
+        r = self._relation_descs(objs, i, exclude)
+        n = len(u) + len(e) + len(r)
+        if not n:
+            return None
+        k = py.randrange(n)
+        if k < len(u):
+            return _desc(u[k])
+        if k < len(u) + len(e):
+            ext, a = e[k - len(u)]
+            return f"{ext} {_desc(a)}"
+        a, rel, _, aa = r[k - len(u) - len(e)]
+        return f"{_desc(a)} {rel} the {_desc(aa)}"
 
     # ----------------------------------------------------------------- answers
     @staticmethod
@@ -694,7 +749,9 @@ class ShapesWorld:
         anchor = py.choice(descs)
         rel = py.choice(RELATIONS)
         keys = py.choice(((), ("shape",), ("colour",), ("size",)))
-        a = _attrs(py.choice(objs), keys)
+        side = [o for o in objs if o is not objs[a_idx] and _relation(o, objs[a_idx], rel, 0.0)]
+        # Mostly ask about a kind of object that is on the asked side (fewer zero answers).
+        a = _attrs(py.choice(side if side and py.random() < 0.75 else objs), keys)
         m = self.margin
         n = 0
         for j in _matches(objs, a):
