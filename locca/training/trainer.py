@@ -334,10 +334,12 @@ class _Loop:
                     jax.block_until_ready(metrics)
                     self._timer = (time.perf_counter(), step)
                 last = step == self.num_steps
+                scalars = {}  # one metrics line per step: train metrics and evaluations
                 if step % self.log_every == 0 or last:
-                    self._log(step)
+                    scalars.update(self._train_metrics(step))
                 if self.evaluators and ((self.eval_every and step % self.eval_every == 0) or last):
-                    self._evaluate(step, state, frozen)
+                    scalars.update(self._evaluate(step, state, frozen))
+                self.writer.write_scalars(step, scalars)
                 stop = preemption.check()
                 if stop or last or (self.checkpoint_every and step % self.checkpoint_every == 0):
                     self._check_finite()
@@ -372,7 +374,8 @@ class _Loop:
                 )
         self._unchecked = self._unchecked[len(todo) :]
 
-    def _log(self, step: int) -> None:
+    def _train_metrics(self, step: int) -> dict[str, float]:
+        """Means over the steps since the last log, timing, ETA (checks the losses)."""
         self._check_finite()
         scalars = _mean_metrics(self._history)
         self._history = []
@@ -386,14 +389,26 @@ class _Loop:
                 scalars["examples_per_sec"] = batch_size / step_time
             scalars["eta_s"] = step_time * (self.num_steps - step)
             self._timer = (now, step)
-        self.writer.write_scalars(step, scalars)
         self._pbar.set_postfix(loss=f"{scalars['loss']:.4g}", refresh=False)
         log.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+        return scalars
 
-    def _evaluate(self, step: int, state: TrainState, frozen) -> None:
+    def _evaluate(self, step: int, state: TrainState, frozen) -> dict[str, float]:
+        """Runs the evaluators; their time is excluded from the step timing."""
+        t0 = time.perf_counter()
+        out = {}
         for evaluator in self.evaluators:
-            results = evaluator(step, state.params, frozen)
-            self.writer.write_scalars(step, {k: float(v) for k, v in dict(results).items()})
+            results = dict(evaluator(step, state.params, frozen))
+            clash = set(results) & set(out)
+            if clash:
+                raise ValueError(f"evaluators return the same metric names {sorted(clash)}")
+            out.update({k: float(v) for k, v in results.items()})
+        elapsed = time.perf_counter() - t0
+        out["eval_time_s"] = elapsed
+        if self._timer is not None:
+            self._timer = (self._timer[0] + elapsed, self._timer[1])
+        log.info("step %d eval: %s", step, out)
+        return out
 
     def _preempted(self, step: int, state: TrainState) -> TrainState:
         self.ckpt.wait()
