@@ -1,0 +1,76 @@
+"""Referring expression comprehension (RefCOCO family): Acc@0.5 and mean IoU.
+
+Boxes are normalised ``[ymin, xmin, ymax, xmax]``; predicted box text is read
+with a :class:`locca.boxes.BoxCodec` (unreadable text -> wrong, IoU 0).
+Acc@0.5 is the percentage of examples with IoU >= 0.5; mean IoU is a fraction
+in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from locca.boxes import BoxCodec, iou
+
+__all__ = ["as_box", "rec_report", "rec_metrics"]
+
+
+def as_box(value: Any, codec: BoxCodec) -> np.ndarray | None:
+    """A box from text (decoded with ``codec``), a sequence of 4 numbers, or None."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)):
+        return codec.decode(value)
+    if isinstance(value, Mapping):
+        return as_box(value.get("box"), codec)
+    box = np.asarray(value, dtype=np.float64)
+    if box.shape != (4,) or not np.all(np.isfinite(box)):
+        raise ValueError(
+            f"expected a box of 4 finite numbers [ymin, xmin, ymax, xmax], got {value!r}"
+        )
+    return box
+
+
+def rec_report(pred_boxes: Sequence[np.ndarray | None], gt_boxes: Sequence[Any]) -> dict:
+    """``{"acc@0.5" (%), "mean_iou" ([0, 1]), "num_examples"}``; None predictions score 0."""
+    if len(pred_boxes) != len(gt_boxes):
+        raise ValueError(f"{len(pred_boxes)} predictions but {len(gt_boxes)} ground-truth boxes")
+    if not gt_boxes:
+        raise ValueError("no boxes to score")
+    ious = np.array(
+        [0.0 if p is None else float(iou(p, g)) for p, g in zip(pred_boxes, gt_boxes)]
+    )  # [N]
+    return {
+        "acc@0.5": 100.0 * float(np.mean(ious >= 0.5)),
+        "mean_iou": float(np.mean(ious)),
+        "num_examples": len(ious),
+    }
+
+
+def rec_metrics(
+    targets: Sequence[Any], predictions: Sequence[Any], *, codec: BoxCodec | None = None
+) -> dict:
+    """seqio metric: ``{"acc@0.5", "mean_iou", "num_unparsed"}``.
+
+    Targets: box text (same codec; must decode), 4 numbers, or ``{"box": ...}``.
+    Predictions: box text or 4 numbers. Bind the codec with
+    ``functools.partial(rec_metrics, codec=BoxCodec("loc"))``; default
+    ``BoxCodec()`` (text, 500 bins).
+    """
+    codec = codec or BoxCodec()
+    gts = []
+    for i, t in enumerate(targets):
+        box = as_box(t, codec)
+        if box is None:
+            raise ValueError(f"target #{i} is not a box: {t!r}")
+        gts.append(box)
+    preds = [as_box(p, codec) for p in predictions]
+    rep = rec_report(preds, gts)
+    return {
+        "acc@0.5": rep["acc@0.5"],
+        "mean_iou": rep["mean_iou"],
+        "num_unparsed": sum(p is None for p in preds),
+    }
