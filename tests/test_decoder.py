@@ -88,9 +88,10 @@ def test_kv_cache_decode_equals_full_forward(setup):
     for path, leaf in jax.tree_util.tree_flatten_with_path(cache)[0]:
         assert leaf.ndim == 0 or leaf.shape[0] == 3, path
     assert cache["encoderblock_0"]["CrossAttn"]["cross_key"].shape == (3, N, H, D // H)
-    step = jax.jit(dec.make_tokens_to_logits(model, params))
+    step = dec.make_tokens_to_logits(model, params)
+    run = jax.jit(lambda s, t, c: s(t, c))  # the step is a pytree (params are leaves)
     for i in range(L):
-        logits, cache = step(tokens[:, i : i + 1], cache)
+        logits, cache = run(step, tokens[:, i : i + 1], cache)
         assert logits.shape == (3, V)
         np.testing.assert_allclose(np.asarray(logits), np.asarray(full[:, i]), atol=2e-5, rtol=1e-5)
 
@@ -168,3 +169,20 @@ def test_grouped_cross_attention_equals_tiled_encoder(setup):
     np.testing.assert_allclose(np.asarray(grouped), np.asarray(tiled), atol=1e-5)
     with pytest.raises(ValueError, match="multiple"):
         model.apply({"params": params}, jnp.tile(enc, (2, 1, 1))[:4], toks)
+
+
+def test_greedy_decoding_with_cache_matches_full_recompute(setup):
+    from locca import decoding
+
+    model, params, enc, tokens = setup
+    cache = dec.init_cache(model, params, enc)
+    step = dec.make_tokens_to_logits(model, params)
+    prefix = tokens[:, :3]
+    out = decoding.greedy(step, cache, batch_size=3, max_len=L, eos_id=None, prefix=prefix)
+    # Reference: re-run the full decoder on the growing sequence.
+    seq = np.zeros((3, L), np.int32)
+    for i in range(L):
+        inp = np.concatenate([np.zeros((3, 1), np.int32), seq[:, :i]], 1)
+        logits = model.apply({"params": params}, enc, jnp.asarray(inp))
+        seq[:, i] = np.asarray(prefix[:, i]) if i < 3 else np.argmax(logits[:, -1], -1)
+    np.testing.assert_array_equal(np.asarray(out), seq)

@@ -36,6 +36,7 @@ Conventions:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "DecodeStep",
     "Decoder",
     "DecoderBlock",
     "Attention",
@@ -389,16 +391,26 @@ def init_cache(decoder: Decoder, params: Any, encoded: Array, max_len: int | Non
     return variables["cache"]
 
 
-def make_tokens_to_logits(decoder: Decoder, params: Any) -> Callable:
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DecodeStep:
+    """``tokens_to_logits`` as a pytree (params are its leaves), so
+    ``locca.decoding`` traces the parameters instead of baking them into a
+    new compilation per call."""
+
+    params: Any
+    decoder: Decoder = dataclasses.field(metadata=dict(static=True))
+
+    def __call__(self, tokens: Array, cache: Any) -> tuple[Array, Any]:
+        logits, variables = self.decoder.apply(
+            {"params": self.params, "cache": cache}, None, tokens, decode=True, mutable=["cache"]
+        )
+        return logits[:, -1].astype(jnp.float32), variables["cache"]
+
+
+def make_tokens_to_logits(decoder: Decoder, params: Any) -> DecodeStep:
     """The ``tokens_to_logits(tokens [B, 1], cache) -> (logits [B, V], cache)`` step.
 
     The cache comes from :func:`init_cache`; the encoder tokens live in it.
     """
-
-    def tokens_to_logits(tokens: Array, cache: Any) -> tuple[Array, Any]:
-        logits, variables = decoder.apply(
-            {"params": params, "cache": cache}, None, tokens, decode=True, mutable=["cache"]
-        )
-        return logits[:, -1].astype(jnp.float32), variables["cache"]
-
-    return tokens_to_logits
+    return DecodeStep(params=params, decoder=decoder)
