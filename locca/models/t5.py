@@ -569,10 +569,12 @@ class T5(nn.Module):
 def init_params(config: T5Config, rng: jax.Array, enc_len: int = 4, dec_len: int = 4) -> dict:
     """Random float32 parameters (plain nested dict, logical boxes removed)."""
     model = T5(config)
-    variables = model.init(
-        rng, jnp.ones((1, enc_len), jnp.int32), jnp.ones((1, dec_len), jnp.int32)
+    init = jax.jit(
+        lambda r: model.init(
+            r, jnp.ones((1, enc_len), jnp.int32), jnp.ones((1, dec_len), jnp.int32)
+        )
     )
-    return nn.unbox(variables)["params"]
+    return nn.unbox(init(rng))["params"]
 
 
 def init_cache(
