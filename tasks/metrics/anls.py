@@ -11,7 +11,7 @@ a fraction in [0, 1] (the leaderboard's unit, not x100).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 __all__ = ["normalize", "levenshtein", "normalized_levenshtein", "anls_score", "anls"]
 
@@ -56,11 +56,18 @@ def anls_score(prediction: str, references: Sequence[str], threshold: float = TH
     return best
 
 
-def anls(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[str, float]:
-    """seqio metric: ``{"anls": mean score in [0, 1]}``; targets are lists of answers."""
+def anls(targets: Sequence, predictions: Sequence[str]) -> dict[str, float]:
+    """seqio metric: ``{"anls": mean score in [0, 1]}``.
+
+    Each target is the list of reference answers, one answer string, or a dict
+    with an ``"answers"`` list (tasks.registry.text_postprocessor).
+    """
     if len(targets) != len(predictions):
         raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions")
     if not targets:
         raise ValueError("no examples to score")
-    scores = [anls_score(p, t) for t, p in zip(targets, predictions)]
+    scores = [
+        anls_score(p, t["answers"] if isinstance(t, Mapping) else t)
+        for t, p in zip(targets, predictions)
+    ]
     return {"anls": float(sum(scores)) / len(scores)}

@@ -104,10 +104,20 @@ def caption_scores(
     return out
 
 
-def cider(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[str, float]:
-    """seqio metric: ``{"cider": 100 * CIDEr-D}``; targets are lists of reference captions."""
+def _references(target) -> list[str]:
+    if isinstance(target, Mapping):
+        target = target["answers"]
+    return [target] if isinstance(target, str) else list(target)
+
+
+def cider(targets: Sequence, predictions: Sequence[str]) -> dict[str, float]:
+    """seqio metric: ``{"cider": 100 * CIDEr-D}`` over the evaluated set.
+
+    Each target is a list of reference captions, one caption, or a dict with an
+    ``"answers"`` list of references (tasks.registry.text_postprocessor).
+    """
     if len(targets) != len(predictions):
         raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions")
-    refs = {i: [t] if isinstance(t, str) else list(t) for i, t in enumerate(targets)}
+    refs = {i: _references(t) for i, t in enumerate(targets)}
     cands = dict(enumerate(predictions))
     return caption_scores(refs, cands, bleu_rouge=False)

@@ -15,7 +15,7 @@ import numpy as np
 
 from locca.boxes import BoxCodec, iou
 
-__all__ = ["as_box", "rec_report", "rec_metrics"]
+__all__ = ["as_box", "rec_report", "rec_metrics", "rec_accuracy"]
 
 
 def as_box(value: Any, codec: BoxCodec) -> np.ndarray | None:
@@ -74,3 +74,11 @@ def rec_metrics(
         "mean_iou": rep["mean_iou"],
         "num_unparsed": sum(p is None for p in preds),
     }
+
+
+def rec_accuracy(targets: Sequence[Any], predictions: Sequence[Any]) -> dict:
+    """seqio metric for already-decoded predictions (np [4] or None, e.g. from
+    tasks.registry.rec_postprocessor_factory) and ``{"box": ...}`` targets; box
+    *text* is read with the default ``BoxCodec()`` -- bind another codec with
+    ``functools.partial(rec_metrics, codec=...)``."""
+    return rec_metrics(targets, predictions)

@@ -76,16 +76,21 @@ def tally_report(
 def tally_accuracy(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
     """seqio metric: ``{"tally_accuracy": %[, "tally_simple", "tally_complex"]}``.
 
-    Targets are counts (int or digit strings) or dicts ``{"answer", "issimple"}``.
+    Targets are counts (int, ``"2"``, ``"two"``) or dicts with ``"answer"`` (a
+    count) or ``"answers"`` (references, the first is the count) and optionally
+    ``"issimple"`` (tasks.registry.text_postprocessor).
     """
     answers, simple = [], []
-    for t in targets:
+    for i, t in enumerate(targets):
+        s = None
         if isinstance(t, Mapping):
-            answers.append(int(t["answer"]))
-            simple.append(t.get("issimple"))
-        else:
-            answers.append(int(t))
-            simple.append(None)
+            s = t.get("issimple")
+            t = t["answer"] if "answer" in t else (t["answers"][0] if t["answers"] else None)
+        count = parse_count(t)
+        if count is None:
+            raise ValueError(f"target #{i} is not a count: {t!r}")
+        answers.append(count)
+        simple.append(None if s is None else bool(s))
     rep = tally_report(answers, predictions, simple)
     out = {"tally_accuracy": rep["overall"]}
     for name in ("simple", "complex"):
