@@ -1,0 +1,80 @@
+"""LocCa pretraining tasks: examples carry `image` and three targets.
+
+  cap   a caption (one sampled per example)
+  aref  `ARef : {c} : {b}`   region text then its box   (one region sampled)
+  gcap  `GCap : {b} : {c}`   box then its region text   (another region sampled)
+Boxes go through the box codec (text encoding, 500 bins by default).
+
+Registered: shapes_pretrain (in memory); readers-based coco_pretrain,
+vg_pretrain, refcoco_pretrain, jsonl_pretrain (see tasks/sources/jsonl.py for
+the JSONL format). Examples without any region are dropped.
+"""
+
+from __future__ import annotations
+
+import seqio
+
+from tasks import preprocessors as prep
+from tasks import registry
+from tasks.sources.shapes import ShapesSource
+
+
+def pretrain_preprocessors(image_size: int, box_encoding="text", num_bins=None, order="yxyx"):
+    return [
+        seqio.CacheDatasetPlaceholder(),
+        prep.load_image(image_size),
+        prep.pretrain_format(box_encoding, num_bins, order),
+        prep.filter_nonempty("cap", "aref", "gcap"),
+        seqio.preprocessors.tokenize,
+        seqio.preprocessors.append_eos_after_trim,
+    ]
+
+
+def make_pretrain_task(
+    name: str,
+    source,
+    *,
+    image_size: int,
+    box_encoding: str = "text",
+    num_bins: int | None = None,
+    box_order: str = "yxyx",
+    vocabulary=None,
+):
+    """Registers (idempotently) a LocCa pretraining task over `source` (any
+    source yielding the raw schema with captions + region_boxes/texts)."""
+    return registry.add_task(
+        name,
+        source=source,
+        preprocessors=pretrain_preprocessors(image_size, box_encoding, num_bins, box_order),
+        output_features=registry.pretrain_output_features(vocabulary),
+        metric_fns=[],
+    )
+
+
+def make_shapes_pretrain_task(
+    name: str = "shapes_pretrain",
+    *,
+    resolution: int = 64,
+    image_size: int | None = None,
+    seed: int = 0,
+    num_train: int = 2000,
+    num_validation: int = 200,
+    num_test: int = 200,
+    **kwargs,
+):
+    source = ShapesSource(
+        "pretrain",
+        resolution=resolution,
+        seed=seed,
+        num_train=num_train,
+        num_validation=num_validation,
+        num_test=num_test,
+    )
+    return make_pretrain_task(name, source, image_size=image_size or resolution, **kwargs)
+
+
+def register() -> None:
+    make_shapes_pretrain_task()
+    from tasks import official_tasks
+
+    official_tasks.register_pretrain()

@@ -1,0 +1,198 @@
+"""Task registration helpers: output features, data directories, metrics.
+
+Registration never touches the disk: sources parse their files when a dataset
+is requested, and the vocabulary is built on first use.
+
+Data directories (official datasets), resolved when the data is read:
+  1. an explicit `data_dir=` given to a task factory,
+  2. `set_data_dir(dataset, path)` / `data_dir_override(...)` (entry points
+     bind these from gin, e.g. `DATA_DIR`),
+  3. `$LOCCA_DATA_DIR/<dataset>`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from collections.abc import Callable, Sequence
+
+import seqio
+import tensorflow as tf
+
+from locca.vocab import default_vocabulary
+from tasks import preprocessors as prep
+
+DATA_DIR_ENV = "LOCCA_DATA_DIR"
+_DATA_DIRS: dict[str, str] = {}
+
+
+# ------------------------------------------------------------------ data dirs
+
+
+def set_data_dir(dataset: str, path: str | None) -> None:
+    """Overrides where `dataset` (e.g. "coco", "vqav2", "refcoco") lives."""
+    if path is None:
+        _DATA_DIRS.pop(dataset, None)
+    else:
+        _DATA_DIRS[dataset] = os.fspath(path)
+
+
+@contextlib.contextmanager
+def data_dir_override(**dirs: str):
+    """`with data_dir_override(vqav2="/tmp/x"): ...` (restores on exit)."""
+    old = {k: _DATA_DIRS.get(k) for k in dirs}
+    try:
+        for k, v in dirs.items():
+            set_data_dir(k, v)
+        yield
+    finally:
+        for k, v in old.items():
+            set_data_dir(k, v)
+
+
+def resolve_data_dir(dataset: str, data_dir: str | None = None) -> str:
+    """The directory holding `dataset`'s official files (see module doc)."""
+    if data_dir:
+        return os.fspath(data_dir)
+    if dataset in _DATA_DIRS:
+        return _DATA_DIRS[dataset]
+    root = os.environ.get(DATA_DIR_ENV)
+    if root:
+        return os.path.join(root, dataset)
+    raise FileNotFoundError(
+        f"no data directory for dataset '{dataset}': pass data_dir=, call "
+        f"tasks.registry.set_data_dir('{dataset}', PATH), or set ${DATA_DIR_ENV} "
+        f"(then ${DATA_DIR_ENV}/{dataset} is used)"
+    )
+
+
+# ------------------------------------------------------------------ features
+
+
+def output_features(vocab: seqio.Vocabulary | None = None) -> dict[str, seqio.Feature]:
+    """image (uint8 [H, W, 3]) + inputs/targets (token ids, EOS appended)."""
+    vocab = vocab or default_vocabulary()
+    return {
+        "image": seqio.ContinuousFeature(dtype=tf.uint8, rank=3),
+        "inputs": seqio.Feature(vocabulary=vocab, add_eos=True),
+        "targets": seqio.Feature(vocabulary=vocab, add_eos=True),
+    }
+
+
+def pretrain_output_features(vocab: seqio.Vocabulary | None = None) -> dict[str, seqio.Feature]:
+    """image + LocCa targets cap / aref / gcap (token ids, EOS appended)."""
+    vocab = vocab or default_vocabulary()
+    feats = {"image": seqio.ContinuousFeature(dtype=tf.uint8, rank=3)}
+    for k in ("cap", "aref", "gcap"):
+        feats[k] = seqio.Feature(vocabulary=vocab, add_eos=True)
+    return feats
+
+
+def text_preprocessors(image_size: int, format_fn) -> list:
+    """The standard chain: image + prompt/target formatting + tokenisation.
+
+    Random choices (reference sampling) run after the cache placeholder so that
+    each epoch samples afresh (seqio repeats before post-cache preprocessing)."""
+    return [
+        seqio.CacheDatasetPlaceholder(),
+        prep.load_image(image_size),
+        format_fn,
+        seqio.preprocessors.tokenize,
+        seqio.preprocessors.append_eos_after_trim,
+    ]
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def lazy_metric(module: str, fn: str) -> Callable:
+    """A metric fn imported from `tasks.metrics.<module>` when first called, so
+    tasks register before (or without) the metrics package being complete."""
+
+    def _metric(targets, predictions):
+        try:
+            mod = importlib.import_module(f"tasks.metrics.{module}")
+            f = getattr(mod, fn)
+        except (ImportError, AttributeError) as e:
+            raise NotImplementedError(
+                f"metric tasks.metrics.{module}.{fn} is not available ({e})"
+            ) from e
+        return f(targets, predictions)
+
+    _metric.__name__ = f"{module}_{fn}"
+    _metric.__qualname__ = _metric.__name__
+    return _metric
+
+
+def _as_str(x) -> str:
+    if isinstance(x, bytes):
+        return x.decode("utf-8")
+    return str(x)
+
+
+def text_postprocessor(output, example=None, is_target=False):
+    """Predictions -> stripped string; targets -> dict of the example's
+    references and metadata (answers, id, issimple, question_type, ...)."""
+    if not is_target:
+        return _as_str(output).strip()
+    ex = example or {}
+    out = {"answers": [_as_str(r) for r in ex.get("references", [])]}
+    for k in ("id", "question_id", "question_type", "answer_type", "issimple", "question"):
+        if k in ex:
+            v = ex[k]
+            out[k] = _as_str(v) if isinstance(v, bytes) else (v.item() if hasattr(v, "item") else v)
+    return out
+
+
+def rec_postprocessor_factory(encoding="text", num_bins=None, order="yxyx"):
+    """REC: predictions -> box (np [4] or None) via BoxCodec.decode; targets ->
+    {"box": ground-truth box, "expression", "id"}."""
+    from locca.boxes import BoxCodec
+
+    codec = BoxCodec(encoding=encoding, num_bins=num_bins, order=order)
+
+    def _post(output, example=None, is_target=False):
+        if not is_target:
+            return codec.decode(_as_str(output))
+        ex = example or {}
+        return {
+            "box": [float(v) for v in ex["box"]],
+            "expression": _as_str(ex.get("expression", b"")),
+            "id": _as_str(ex.get("id", b"")),
+        }
+
+    return _post
+
+
+# ------------------------------------------------------------------ registry
+
+
+def add_task(name: str, **kwargs) -> seqio.Task:
+    """seqio.TaskRegistry.add unless `name` exists (idempotent registration)."""
+    if name in seqio.TaskRegistry.names():
+        return seqio.TaskRegistry.get(name)
+    kwargs.setdefault("shuffle_buffer_size", 1000)
+    return seqio.TaskRegistry.add(name, **kwargs)
+
+
+def add_mixture(name: str, tasks: Sequence[str | tuple[str, float]], default_rate=1.0):
+    if name in seqio.MixtureRegistry.names():
+        return seqio.MixtureRegistry.get(name)
+    return seqio.MixtureRegistry.add(name, list(tasks), default_rate=default_rate)
+
+
+_REGISTERED = False
+
+
+def register_all() -> None:
+    """Registers every locca task and mixture (idempotent)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from tasks import official_tasks, pretrain_tasks, shapes_tasks
+
+    shapes_tasks.register()
+    official_tasks.register()
+    pretrain_tasks.register()
+    _REGISTERED = True
