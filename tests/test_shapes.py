@@ -328,3 +328,24 @@ def test_bad_arguments():
         ShapesWorld(resolution=8)
     with pytest.raises(ValueError, match="index"):
         ShapesWorld().scene(-1)
+
+
+def test_words_drawn_inside_their_objects(scenes64, scenes224):
+    n = 0
+    for s in scenes64 + scenes224:
+        img = s.image.astype(np.int32)
+        H = img.shape[0]
+        # Text is pure black or white; the background stays in [48, 210].
+        text = np.all(img == 0, -1) | np.all(img == 255, -1)
+        allowed = np.zeros(text.shape, bool)
+        for o in s.objects:
+            y0, x0, y1, x1 = (round(v * H) for v in o.box)
+            inside = text[y0:y1, x0:x1].sum()
+            if o.word is None:
+                assert inside == 0, f"text on an object without a word: {o.description}"
+            else:
+                assert inside > 0, f"word {o.word!r} not drawn on {o.description}"
+                allowed[y0:y1, x0:x1] = True
+                n += 1
+        assert not (text & ~allowed).any(), f"scene {s.index}: text outside worded objects"
+    assert n >= 10

@@ -37,7 +37,7 @@ def make_contact_sheet(
     """The contact sheet of ``scenes`` as a PIL RGB image."""
     if not scenes:
         raise ValueError("make_contact_sheet needs at least one scene")
-    fnt = render.font(11)
+    fnt = render.ui_font(11)
     line_h = 13
     band = text_lines * line_h + 6
     rows = (len(scenes) + cols - 1) // cols

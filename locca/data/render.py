@@ -44,7 +44,7 @@ SIZES = ("small", "medium", "large")
 SIZE_FRACTION = {"small": 0.14, "medium": 0.22, "large": 0.33}
 
 # Fraction of the nominal side usable for a centred word, per shape.
-_TEXT_FIT = {"square": 0.86, "circle": 0.68}
+_TEXT_FIT = {"square": 0.9, "circle": 0.68}
 WORD_SHAPES = tuple(_TEXT_FIT)
 
 
@@ -101,53 +101,65 @@ def mask_stats(shape: str, d: int) -> tuple[tuple[int, int, int, int], int]:
     return m.getbbox(), int(np.count_nonzero(np.asarray(m)))
 
 
+@functools.lru_cache(maxsize=1)
+def font():
+    """PIL's default bitmap font (fixed size, glyphs about 11 px tall, no anti-aliasing)."""
+    loader = getattr(ImageFont, "load_default_imagefont", None)  # Pillow >= 10.1
+    return loader() if loader is not None else ImageFont.load_default()
+
+
 @functools.lru_cache(maxsize=64)
-def font(size: int):
-    """PIL's default font at ``size`` pixels (bitmap default when FreeType is absent)."""
+def ui_font(size: int):
+    """PIL's default font at ``size`` px, for annotations drawn on contact sheets."""
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, ImportError, OSError):  # pragma: no cover - old Pillow / no FreeType
         return ImageFont.load_default()
 
 
-@functools.lru_cache(maxsize=8192)
-def _text_extent(word: str, size: int) -> tuple[int, int]:
-    left, top, right, bottom = font(size).getbbox(word)
-    return right - left, bottom - top
+@functools.lru_cache(maxsize=4096)
+def text_mask(word: str, scale: int = 1) -> Image.Image:
+    """An 'L' mask (255 = ink) of ``word`` in the default bitmap font, cropped to its ink
+    and enlarged ``scale`` times (nearest neighbour): crisp, exact-colour text pixels."""
+    im = Image.new("L", (8 * len(word) + 16, 24), 0)
+    ImageDraw.Draw(im).text((4, 4), word, fill=255, font=font())
+    box = im.getbbox()
+    if box is None:
+        raise ValueError(f"word {word!r} renders no ink in the default font")
+    im = im.crop(box)
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    return im
 
 
-def fit_font_size(word: str, shape: str, d: int, min_size: int = 7) -> int | None:
-    """Largest font size <= 0.3 * d at which ``word`` fits inside ``shape`` of side d.
-
-    Returns None when the word does not fit even at ``min_size`` (then the
-    object carries no word: it would not be legible).
-    """
+def fit_text_scale(word: str, shape: str, d: int, max_scale: int = 3) -> int | None:
+    """Largest integer scale (<= max_scale) at which ``word`` fits inside ``shape`` of side
+    d pixels, or None when it does not fit even at scale 1 (no legible word then)."""
     if shape not in _TEXT_FIT:
         return None
     room = _TEXT_FIT[shape] * d
-    size = max(min_size, int(d * 0.32))
-    while size >= min_size:
-        w, h = _text_extent(word, size)
-        if w <= room and h <= room * 0.8:
-            return size
-        size -= 1
-    return None
+    w, h = text_mask(word, 1).size
+    scale = min(max_scale, int(room // w), int(room * 0.8 // h))
+    return scale if scale >= 1 else None
 
 
 def background(rng: np.random.Generator, resolution: int) -> tuple[np.ndarray, str]:
     """A noisy low-saturation grey background, uint8 [R, R, 3], and its name.
 
-    Each pixel's channels differ by at most 40, so no saturated object colour
-    can appear in the background.
+    Per pixel: base grey + a linear gradient + luminance noise (0..31, shared
+    by the channels) + chroma noise (0..7 per channel) + a per-image tint
+    (0..16 per channel). Channels differ by at most 23, so no saturated object
+    colour can appear; values stay in [48, 210] (no clipping, no pure
+    black/white, which text uses).
     """
+    R = resolution
     base = int(rng.integers(85, 176))
-    tint = rng.integers(-8, 9, size=3)
+    tint = rng.integers(0, 17, size=3).astype(np.uint8)  # [3]
     gy, gx = rng.uniform(-18, 18, size=2)
-    ramp = np.linspace(-0.5, 0.5, resolution, dtype=np.float32)
-    grad = ramp[:, None] * gy + ramp[None, :] * gx  # [R, R]
-    lum = rng.integers(-14, 15, size=(resolution, resolution), dtype=np.int16)  # [R, R]
-    chroma = rng.integers(-3, 4, size=(resolution, resolution, 3), dtype=np.int16)
-    img = (base + grad.astype(np.int16))[:, :, None] + lum[:, :, None] + chroma + tint
-    img = np.clip(img, 0, 255).astype(np.uint8)
+    ramp = np.linspace(-0.5, 0.5, R, dtype=np.float32)
+    level = (base - 28) + ramp[:, None] * gy + ramp[None, :] * gx  # [R, R] in [48, 156]
+    noise = np.frombuffer(rng.bytes(R * R * 4), np.uint8).reshape(R, R, 4)
+    img = np.rint(level).astype(np.uint8)[:, :, None] + (noise[:, :, 3:] & 31)  # [R, R, 1]
+    img = img + (noise[:, :, :3] & 7) + tint  # [R, R, 3] uint8, no overflow (<= 210)
     name = "dark grey" if base < 110 else ("light grey" if base > 150 else "grey")
     return img, name

@@ -31,14 +31,15 @@ import random
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from locca.data import render
 from locca.data.render import COLOUR_NAMES, COLOURS, SHAPES, SIZES
 
+# Three-letter words fit large squares at 64 px; longer ones appear at higher resolutions.
 WORDS = (
-    "cat", "dog", "sun", "moon", "fish", "bird", "tree", "home",
-    "stop", "open", "play", "love", "cake", "rain", "boat", "milk",
+    "cat", "dog", "sun", "box", "car", "bus", "egg", "hat", "key", "pen", "cup", "toy",
+    "owl", "moon", "fish", "tree", "stop", "open", "cake", "boat", "milk", "rain",
 )  # fmt: skip
 NUMBER_WORDS = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
@@ -177,12 +178,12 @@ def _attrs(o: Object, keys: Sequence[str]) -> dict:
 
 @functools.lru_cache(maxsize=4096)
 def _fitting_words(shape: str, d: int) -> tuple[tuple[str, int], ...]:
-    """(word, font size) for the words legible inside ``shape`` of side d pixels."""
+    """(word, scale) for the words legible inside ``shape`` of side d pixels."""
     out = []
     for w in WORDS:
-        fs = render.fit_font_size(w, shape, d)
-        if fs is not None:
-            out.append((w, fs))
+        scale = render.fit_text_scale(w, shape, d)
+        if scale is not None:
+            out.append((w, scale))
     return tuple(out)
 
 
@@ -302,7 +303,7 @@ class ShapesWorld:
         *,
         min_objects: int = 1,
         max_objects: int = 6,
-        word_prob: float = 0.6,
+        word_prob: float = 0.8,
         margin: float = 0.05,
         num_vqa: int = 5,
         jpeg_quality: int = 95,
@@ -388,7 +389,6 @@ class ShapesWorld:
         if not specs:  # cannot happen for resolution >= 32, but keep scenes non-empty
             specs.append(("circle", "red", "medium", R // 3, R // 3, int(R * 0.22)))
         pil = Image.fromarray(img)
-        draw = ImageDraw.Draw(pil)
         objects = []
         for shape, colour, size, x0, y0, d in specs:
             mask = render._shape_mask_cached(shape, d)
@@ -397,9 +397,10 @@ class ShapesWorld:
             word = None
             fitting = _fitting_words(shape, d)
             if fitting and py.random() < self.word_prob:
-                word, fs = py.choice(fitting)
-                c = (x0 + (d - 1) / 2.0, y0 + (d - 1) / 2.0)
-                draw.text(c, word, fill=render.TEXT_FILL[colour], font=render.font(fs), anchor="mm")
+                word, scale = py.choice(fitting)
+                tm = render.text_mask(word, scale)
+                tw, th = tm.size
+                pil.paste(render.TEXT_FILL[colour], (x0 + (d - tw) // 2, y0 + (d - th) // 2), tm)
             box = [(y0 + u) / R, (x0 + l) / R, (y0 + b) / R, (x0 + r) / R]
             poly = render.shape_polygon(shape, float(x0), float(y0), float(d - 1))
             o = Object(
