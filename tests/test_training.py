@@ -248,3 +248,19 @@ def test_boxed_params_and_short_batch_stream(tmp_path):
 
     with pytest.raises(ValueError, match=r"batches\(0\) ended after 3 batches"):
         _train(tmp_path / "short", batches=short)
+
+
+def test_resume_with_different_params_fails_clearly(tmp_path):
+    _train(tmp_path, num_steps=2, checkpoint_every=2)
+    other = {
+        "dense": {
+            "kernel": np.zeros((D_IN + 1, D_OUT), np.float32),
+            "bias": np.zeros(D_OUT, np.float32),
+        }
+    }
+
+    def other_loss(params, frozen, batch, rng):
+        return jnp.sum(params["dense"]["kernel"]) * 0.0, {}
+
+    with pytest.raises(ValueError, match="does not match the trainable params"):
+        _train(tmp_path, init_params=other, loss_fn=other_loss, num_steps=4)

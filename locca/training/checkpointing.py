@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import orbax.checkpoint as ocp
 
 from locca.training.train_state import TrainState
@@ -20,7 +21,9 @@ class Checkpointer:
     """Saves/restores :class:`TrainState` under ``model_dir/checkpoints``."""
 
     def __init__(self, model_dir: str, *, keep: int | None = 3, async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+        if "://" not in str(model_dir):  # local path; keep gs://... URLs as they are
+            model_dir = os.path.abspath(model_dir)
+        self.directory = os.path.join(str(model_dir), "checkpoints")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             save_interval_steps=1,
@@ -52,10 +55,17 @@ class Checkpointer:
         """Restores ``step`` onto the shapes/dtypes/shardings of
         ``abstract_state`` (a TrainState of ``jax.ShapeDtypeStruct`` with
         ``sharding``)."""
-        restored = self._manager.restore(
-            int(step),
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state.to_dict())),
-        )
+        try:
+            restored = self._manager.restore(
+                int(step),
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state.to_dict())),
+            )
+        except Exception as e:  # orbax errors do not say which run or what was expected
+            raise ValueError(
+                f"cannot restore {self.directory}/{step}: the checkpoint does not match the "
+                f"trainable params / optimiser of this run ("
+                f"{len(jax.tree.leaves(abstract_state.params))} trainable arrays): {e}"
+            ) from e
         return TrainState.from_dict(restored["state"])
 
     def wait(self) -> None:

@@ -255,13 +255,17 @@ def train(
         learning_rate_fn=learning_rate_fn,
     )
     ckpt = Checkpointer(model_dir, keep=keep_checkpoints, async_save=async_checkpointing)
-    latest = ckpt.latest_step()
-    if latest is None:
-        state = trainer.init_state(init_params, seed)
-    else:
-        log.info("resuming from %s step %d", ckpt.directory, latest)
-        state = ckpt.restore(latest, trainer.abstract_state(init_params, seed))
-    frozen = trainer.place_frozen(frozen_params)
+    try:
+        latest = ckpt.latest_step()
+        if latest is None:
+            state = trainer.init_state(init_params, seed)
+        else:
+            log.info("resuming from %s step %d", ckpt.directory, latest)
+            state = ckpt.restore(latest, trainer.abstract_state(init_params, seed))
+        frozen = trainer.place_frozen(frozen_params)
+    except BaseException:
+        ckpt.close()
+        raise
     loop = _Loop(
         trainer=trainer,
         ckpt=ckpt,
@@ -395,6 +399,7 @@ class _Loop:
 
     def _evaluate(self, step: int, state: TrainState, frozen) -> dict[str, float]:
         """Runs the evaluators; their time is excluded from the step timing."""
+        self._check_finite()  # never evaluate (or report) a state after a non-finite loss
         t0 = time.perf_counter()
         out = {}
         for evaluator in self.evaluators:
