@@ -443,13 +443,12 @@ class ShapesWorld:
                     attrs["size"] = g[0].size
                 p = _num(len(g)) + " " + _desc(attrs, plural=True)
             phrases.append(p)
-        total = len(objs)
         templates = [
             "{b}",
             "a picture of {b}",
             "an image with {b}",
             "{b} on a {bg} background",
-            ("there are {b}" if total > 1 else "there is {b}") + " on a noisy background",
+            "{there} {b} on a noisy background",
             "a {bg} background with {b}",
         ]
         out = []
@@ -457,7 +456,9 @@ class ShapesWorld:
             ph = list(phrases)
             if k > 0 and py.random() < 0.5:
                 py.shuffle(ph)
-            out.append(t.format(b=_join(ph), bg=bg))
+            body = _join(ph)
+            there = "there is" if body.startswith(("a ", "an ")) else "there are"
+            out.append(t.format(b=body, bg=bg, there=there))
         return out
 
     # ----------------------------------------------------------------- referring
