@@ -87,14 +87,21 @@ def read_headers(path: str) -> dict[str, tuple[tuple[int, ...], str]]:
     return read_npz_headers(path)
 
 
-def _hf_siglip_to_bv(shapes: Mapping[str, tuple]) -> dict[str, tuple] | None:
-    """Maps HF SigLIP vision names to big_vision names (shapes only), if possible."""
-    try:
-        from checkpoints import hf_siglip
-    except ImportError:
+def _hf_siglip_to_bv(shapes: Mapping[str, tuple], file: str) -> dict[str, tuple] | None:
+    """Maps HF SigLIP vision names to big_vision names (shapes only), if possible.
+
+    Needs the ``config.json`` beside ``file`` (for the number of heads).
+    """
+    from checkpoints import hf_siglip
+
+    cfg_path = os.path.join(os.path.dirname(os.path.abspath(file)), "config.json")
+    if not os.path.exists(cfg_path):
         return None
-    fn = getattr(hf_siglip, "convert_shapes", None)
-    return fn(shapes) if fn else None
+    with open(cfg_path) as f:
+        config = json.load(f)
+    if not str(config.get("model_type", "")).startswith("siglip"):
+        return None
+    return hf_siglip.convert_shapes(shapes, config)
 
 
 def infer_vit_config(shapes: Mapping[str, tuple]) -> dict | None:
@@ -169,7 +176,10 @@ def describe(path: str, show_tree: bool = True, out=None) -> dict | None:
         tower = {k[4:]: v for k, v in shapes.items() if k.startswith("img/")}
         print(f"two-tower checkpoint: the image tower loads as '{file}:img'", file=out)
     if "embedding/kernel" not in tower:
-        tower = _hf_siglip_to_bv(tower) or tower
+        converted = _hf_siglip_to_bv(tower, file)
+        if converted:
+            print("Hugging Face SigLIP vision names; mapped to big_vision names", file=out)
+            tower = converted
     cfg = infer_vit_config(tower)
     if cfg is None:
         print("ViT: not recognised (no big_vision embedding/encoderblock names)", file=out)
