@@ -359,9 +359,13 @@ def _beam_loop(
     _, alive_seqs, alive_lp, fin_seqs, fin_scores, fin_flags, _ = jax.lax.while_loop(
         cond, body, state
     )
-    any_fin = jnp.any(fin_flags, axis=1)  # [B]
-    seqs = jnp.where(any_fin[:, None, None], fin_seqs, alive_seqs)
-    scores = jnp.where(any_fin[:, None], fin_scores, alive_lp / max_bound)
+    # Hypotheses alive at the end compete as complete ones of length max_len
+    # (if the loop stopped early they cannot beat the finished ones).
+    alive_scores = jnp.where(alive_lp > _VALID, alive_lp / max_bound, 2 * NEG)
+    all_scores = jnp.concatenate([fin_scores, alive_scores], axis=1)  # finished first on ties
+    all_seqs = jnp.concatenate([fin_seqs, alive_seqs], axis=1)
+    scores, idx = jax.lax.top_k(all_scores, k)
+    seqs = take(all_seqs, idx)
     return seqs, scores
 
 
@@ -382,8 +386,10 @@ def beam_search(
 
     `cache` is given for batch_size rows and expanded to batch_size*beam_size
     here. A finished hypothesis scores sum(log p) / penalty(len), len counting
-    its EOS. Rows where nothing reached EOS fall back to the alive beams
-    (score sum(log p) / penalty(max_len)). Returns the best tokens int32
+    its EOS; hypotheses still alive at max_len compete with them as complete
+    ones scored sum(log p) / penalty(max_len) (as Hugging Face does; t5x only
+    falls back to them when nothing finished), so beam_size=1 is greedy.
+    Returns the best tokens int32
     [B, max_len], or with return_all=True (tokens [B, K, max_len],
     scores [B, K]) best first.
     """
