@@ -80,7 +80,8 @@ class Trainer:
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec())
 
-    def state_shardings(self, params, seed: int = 0) -> TrainState:
+    def state_shardings(self, params) -> TrainState:
+        """NamedShardings of the TrainState for these params."""
         p_sh = partitioning.param_shardings(params, self.mesh, self.param_logical_axes, self.rules)
         abstract_opt = jax.eval_shape(self.tx.init, params)
         o_sh = partitioning.opt_state_shardings(abstract_opt, params, p_sh, self.mesh)
@@ -93,14 +94,14 @@ class Trainer:
         return jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
             shapes,
-            self.state_shardings(params, seed),
+            self.state_shardings(params),
         )
 
     def init_state(self, params, seed: int) -> TrainState:
         """A fresh sharded state at step 0 (params copied bitwise)."""
         init = jax.jit(
             lambda p: init_train_state(p, self.tx, seed),
-            out_shardings=self.state_shardings(params, seed),
+            out_shardings=self.state_shardings(params),
         )
         return init(params)
 
