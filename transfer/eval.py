@@ -1,0 +1,402 @@
+r"""Evaluate PaLI transfer checkpoints on a seqio task or mixture.
+
+    python -m transfer.eval --gin_file=gin/runs/eval.gin \
+        --gin_file=gin/models/t5_tiny.gin --gin_file=gin/encoders/locca_tiny.gin \
+        --gin_file=gin/tasks/shapes_vqa.gin \
+        --gin.CHECKPOINT_PATH="'runs/transfer/vqa'" --gin.EVAL_OUTPUT_DIR="'runs/eval/vqa'"
+
+``CHECKPOINT_PATH`` is a run's ``MODEL_DIR`` (every checkpoint in it, or the
+latest with ``evaluate.all_checkpoints = False``) or one
+``.../checkpoints/<step>`` directory. For each checkpoint and each task of the
+mixture: decode (greedy / beam / sample over the KV cache), detokenize,
+postprocess with the task's ``postprocess_fn``, score with its ``metric_fns``,
+write ``predictions/{task}_{step}.jsonl`` and one line per checkpoint in
+``metrics.jsonl`` (``{"step": s, "{task}/{metric}": value, ...}``).
+``evaluate.export_dir`` additionally writes test-server files
+(``tasks/exports.py``) for caption and VQA-style tasks.
+
+:class:`InferenceEvaluator` is also the periodic evaluator of
+``transfer.train`` (the trainer calls it as ``(step, params, frozen)``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from locca.models import pali
+from transfer import common
+
+log = logging.getLogger("transfer.eval")
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, bytes):
+        return x.decode("utf-8", errors="replace")
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind in "SO":
+            return [_jsonable(v) for v in x.tolist()]
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float | int | str | bool) or x is None:
+        return x
+    return str(x)
+
+
+def _flatten_metrics(prefix: str, value: Any, out: dict[str, float]) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _flatten_metrics(f"{prefix}/{k}", v, out)
+        return
+    try:
+        out[prefix] = float(value)
+    except (TypeError, ValueError):
+        log.warning("metric %s is not a number (%r); not logged", prefix, value)
+
+
+_META_KEYS = (
+    "id",
+    "question_id",
+    "image_id",
+    "question_type",
+    "answer_type",
+    "issimple",
+    "question",
+    "expression",
+    "box",
+)
+
+
+class _TaskData:
+    """One task's evaluation examples, loaded once: model features + metadata."""
+
+    def __init__(self, task, *, split, task_feature_lengths, image_size, num_examples):
+        from tasks.feature_converters import ImageTextFeatureConverter
+
+        self.task = task
+        ds = task.get_dataset(
+            sequence_length=dict(task_feature_lengths),
+            split=split,
+            shuffle=False,
+            num_epochs=1,
+            use_cached=False,
+        )
+        if num_examples:
+            ds = ds.take(num_examples)
+        conv = ImageTextFeatureConverter(image_size=image_size)
+        model_ds = conv(ds, dict(task_feature_lengths))
+        self.examples = list(ds.as_numpy_iterator())
+        feats = list(model_ds.as_numpy_iterator())
+        if len(feats) != len(self.examples):
+            raise RuntimeError(f"{task.name}: feature converter changed the example count")
+        self.features = (
+            {k: np.stack([f[k] for f in feats]) for k in ("image", "encoder_input_tokens")}
+            if feats
+            else {}
+        )
+        self.targets = [
+            task.postprocess_fn(
+                _text(ex.get("targets_pretokenized", b"")), example=ex, is_target=True
+            )
+            for ex in self.examples
+        ]
+
+    def __len__(self):
+        return len(self.examples)
+
+
+def _text(x) -> str:
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+class InferenceEvaluator:
+    """Decode -> postprocess -> metric_fns on one task or mixture split.
+
+    Called as ``evaluator(step, params, frozen) -> {"{task}/{metric}": value}``
+    (the trainer's evaluator signature); writes
+    ``predictions_dir/{task}_{step}.jsonl`` when ``predictions_dir`` is set.
+
+    Args:
+      bundle: the built model (``common.build_model``).
+      task_name: seqio task or mixture; a mixture is evaluated per task.
+      split: dataset split.
+      task_feature_lengths: {"inputs": Li, "targets": Lt}.
+      batch_size: decoding batch (the last batch is padded, then cut).
+      num_examples: evaluate the first N examples of each task (None: all).
+      decode_method, max_decode_len, beam_size, alpha, temperature, top_k,
+        top_p: see ``pali.predict``; max_decode_len defaults to Lt.
+      seed: sampling seed (decode_method="sample").
+    """
+
+    def __init__(
+        self,
+        bundle: common.ModelBundle,
+        task_name: str,
+        *,
+        split: str = "validation",
+        task_feature_lengths: Mapping[str, int],
+        batch_size: int = 32,
+        num_examples: int | None = None,
+        predictions_dir: str | None = None,
+        decode_method: str = "greedy",
+        max_decode_len: int | None = None,
+        beam_size: int = 4,
+        alpha: float = 0.6,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ):
+        self.bundle = bundle
+        self.task_name = task_name
+        self.split = split
+        self.task_feature_lengths = dict(task_feature_lengths)
+        self.batch_size = int(batch_size)
+        self.num_examples = num_examples
+        self.predictions_dir = predictions_dir
+        self.decode_method = decode_method
+        self.seed = seed
+        self.max_decode_len = int(max_decode_len or self.task_feature_lengths["targets"])
+        self._predict = pali.make_predict_fn(
+            bundle.model,
+            decode_method=decode_method,
+            max_decode_len=self.max_decode_len,
+            beam_size=beam_size,
+            alpha=alpha,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+        )
+        self._data: dict[str, _TaskData] | None = None
+        self.last_predictions: dict[str, list[dict]] = {}
+
+    @property
+    def data(self) -> dict[str, _TaskData]:
+        if self._data is None:
+            self._data = {}
+            for task in common.subtasks(self.task_name):
+                self._data[task.name] = _TaskData(
+                    task,
+                    split=self.split,
+                    task_feature_lengths=self.task_feature_lengths,
+                    image_size=self.bundle.encoder.resolution,
+                    num_examples=self.num_examples,
+                )
+                log.info(
+                    "eval %s/%s: %d examples", task.name, self.split, len(self._data[task.name])
+                )
+        return self._data
+
+    def decode_all(self, params, frozen, data: _TaskData) -> np.ndarray:
+        """Output tokens [N, max_decode_len] for every example of ``data``."""
+        n = len(data)
+        outs = []
+        rng = jax.random.PRNGKey(self.seed)
+        for start in range(0, n, self.batch_size):
+            idx = np.arange(start, start + self.batch_size)
+            idx = np.minimum(idx, n - 1)  # pad the last batch with its last example
+            batch = {k: v[idx] for k, v in data.features.items()}
+            step_rng = jax.random.fold_in(rng, start)
+            tokens = self._predict(params, frozen, batch, step_rng)
+            outs.append(np.asarray(jax.device_get(tokens))[: min(self.batch_size, n - start)])
+        if not outs:
+            return np.zeros((0, self.max_decode_len), np.int32)
+        return np.concatenate(outs, axis=0)
+
+    def __call__(self, step: int, params, frozen) -> dict[str, float]:
+        vocab = None
+        results: dict[str, float] = {}
+        for name, data in self.data.items():
+            t0 = time.perf_counter()
+            if not len(data):
+                log.warning("eval %s/%s: no examples", name, self.split)
+                continue
+            vocab = vocab or data.task.output_features["targets"].vocabulary
+            tokens = self.decode_all(params, frozen, data)
+            texts = common.decode_tokens(vocab, tokens)
+            preds = [
+                data.task.postprocess_fn(t, example=ex, is_target=False)
+                for t, ex in zip(texts, data.examples)
+            ]
+            for fn in data.task.predict_metric_fns:
+                _flatten_metrics(name, fn(data.targets, preds), results)
+            results[f"{name}/eval_seconds"] = time.perf_counter() - t0
+            records = [
+                {
+                    "index": i,
+                    "inputs": _text(ex.get("inputs_pretokenized", b"")),
+                    "prediction": text,
+                    "postprocessed": _jsonable(pred),
+                    "target": _jsonable(tgt),
+                    **{k: _jsonable(ex[k]) for k in _META_KEYS if k in ex},
+                }
+                for i, (text, pred, tgt, ex) in enumerate(
+                    zip(texts, preds, data.targets, data.examples)
+                )
+            ]
+            self.last_predictions[name] = records
+            if self.predictions_dir and jax.process_index() == 0:
+                write_jsonl(os.path.join(self.predictions_dir, f"{name}_{step}.jsonl"), records)
+        log.info("eval step %d: %s", step, results)
+        return results
+
+
+def write_jsonl(path: str, records: Sequence[Mapping]) -> None:
+    """Writes one JSON object per line, atomically (temp file + rename)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# Test-server exports.
+
+# task-name fragment -> (writer name in tasks.exports, id field in the example)
+_EXPORTS = {
+    "caption": ("write_coco_caption_results", "image_id"),
+    "coco": ("write_coco_caption_results", "image_id"),
+    "textvqa": ("write_textvqa_submission", "question_id"),
+    "stvqa": ("write_stvqa_submission", "question_id"),
+    "vqa": ("write_vqa_results", "question_id"),
+}
+
+
+def export_predictions(task_name: str, records: Sequence[Mapping], out_dir: str) -> str | None:
+    """Writes the test-server file for one task's predictions; None when the
+    task has no submission format."""
+    from tasks import exports
+
+    match = [v for frag, v in _EXPORTS.items() if frag in task_name]
+    if not match:
+        return None
+    writer, id_field = match[0]
+    pairs = {}
+    for r in records:
+        rid = r.get(id_field, r.get("id"))
+        if rid is None:
+            raise exports.ExportError(
+                f"{task_name}: prediction {r['index']} has no {id_field!r} (or 'id') to export"
+            )
+        try:
+            rid = int(rid)
+        except (TypeError, ValueError):
+            raise exports.ExportError(
+                f"{task_name}: prediction {r['index']}: {id_field}={rid!r} is not an integer"
+            ) from None
+        pairs.setdefault(rid, str(r["postprocessed"]))  # one caption per image
+    path = os.path.join(out_dir, f"{task_name}_results.json")
+    os.makedirs(out_dir, exist_ok=True)
+    getattr(exports, writer)(path, pairs)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# The job.
+
+
+def evaluate(
+    *,
+    checkpoint_path: str,
+    output_dir: str | None = None,
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    model: common.ModelBundle,
+    split: str = "validation",
+    batch_size: int = 32,
+    num_examples: int | None = None,
+    all_checkpoints: bool = True,
+    steps: Sequence[int] | None = None,
+    export_dir: str | None = None,
+    decode_method: str = "greedy",
+    max_decode_len: int | None = None,
+    beam_size: int = 4,
+    alpha: float = 0.6,
+    seed: int = 0,
+    data_dir: str | None = None,
+) -> dict[int, dict[str, float]]:
+    """Evaluates checkpoint(s); returns ``{step: metrics}``.
+
+    Args:
+      checkpoint_path: a run's model_dir or a ``checkpoints/<step>`` folder.
+      output_dir: where ``metrics.jsonl`` and ``predictions/`` go (default:
+        ``checkpoint_path/eval_{split}``).
+      all_checkpoints: every checkpoint of the run (else the latest), or the
+        explicit ``steps``.
+      export_dir: also write test-server files here (per checkpoint step).
+      Others: as :class:`InferenceEvaluator`.
+    """
+    common.set_data_dir(data_dir)
+    bundle = model
+    ckpt_is_step = os.path.basename(os.path.normpath(checkpoint_path)).isdigit()
+    if ckpt_is_step:
+        todo = [None]
+        run_dir = checkpoint_path
+    else:
+        have = common.checkpoint_steps(checkpoint_path)
+        if not have:
+            raise FileNotFoundError(f"no checkpoints under {checkpoint_path}/checkpoints")
+        if steps:
+            missing = sorted(set(steps) - set(have))
+            if missing:
+                raise FileNotFoundError(f"{checkpoint_path}: no checkpoints for steps {missing}")
+            todo = list(steps)
+        else:
+            todo = have if all_checkpoints else have[-1:]
+        run_dir = checkpoint_path
+    output_dir = output_dir or os.path.join(run_dir, f"eval_{split}")
+    os.makedirs(output_dir, exist_ok=True)
+    _, frozen, _, _ = common.initial_params(bundle, seed=0)
+    evaluator = InferenceEvaluator(
+        bundle,
+        mixture_or_task_name,
+        split=split,
+        task_feature_lengths=task_feature_lengths,
+        batch_size=batch_size,
+        num_examples=num_examples,
+        predictions_dir=os.path.join(output_dir, "predictions"),
+        decode_method=decode_method,
+        max_decode_len=max_decode_len,
+        beam_size=beam_size,
+        alpha=alpha,
+        seed=seed,
+    )
+    out = {}
+    for step in todo:
+        params, got_step = common.restore_params(checkpoint_path, step)
+        metrics = evaluator(got_step, params, frozen)
+        out[got_step] = metrics
+        with open(os.path.join(output_dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps({"step": got_step, **metrics}) + "\n")
+        if export_dir:
+            for name, records in evaluator.last_predictions.items():
+                path = export_predictions(name, records, os.path.join(export_dir, str(got_step)))
+                if path:
+                    log.info("exported %s", path)
+        print(f"step {got_step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return out
+
+
+def main(argv):
+    del argv
+    import gin
+
+    gin.get_configurable("transfer.evaluate")()
+
+
+if __name__ == "__main__":
+    common.run(main)
