@@ -10,6 +10,8 @@ Files (see ../shared/FORMATS.md):
   * annotations: ``{"annotations": [{question_id, question_type, answer_type,
     answers: [{answer, ...} x 10]}, ...]}``. OK-VQA files work too: only the
     ``answer`` field of each answer is scored (not ``raw_answer``).
+    TextVQA ``TextVQA_0.5.1_{train,val}.json`` (``{"data": [{question_id,
+    answers: [10 x str]}]}``) is scored the same way (no per-type breakdown).
   * results: ``[{"question_id": int, "answer": str}, ...]`` (test-server format).
 
 Prints JSON ``{"overall", "perAnswerType", "perQuestionType"[, "perQuestion"],
@@ -38,13 +40,46 @@ from tasks.metrics.files import (
 from tasks.metrics.vqa import evaluate_vqa
 
 ANN_FORMAT = 'VQA annotations JSON {"annotations": [{question_id, question_type, answer_type, answers: [{answer}]}]}'  # noqa: E501
+TEXTVQA_FORMAT = 'TextVQA JSON {"data": [{question_id: int, answers: [10 x str]}]}'
 QUES_FORMAT = 'VQA questions JSON {"questions": [{question_id, image_id, question}]}'
 RES_FORMAT = 'VQA results JSON [{"question_id": int, "answer": str}]'
 
 
+def _textvqa_annotations(path, data) -> list[dict[str, Any]]:
+    """TextVQA records -> VQA-style annotations (answers as dicts; no question types)."""
+    out = []
+    for i, rec in enumerate(records_list(data, path, "data", TEXTVQA_FORMAT)):
+        kw = dict(id_field="question_id", index=i)
+        qid = require(rec, "question_id", path, types=int, **kw)
+        if isinstance(rec, dict) and "answers" not in rec:
+            raise MetricInputError(
+                f"{path}: record with question_id={qid}: missing required field 'answers' "
+                "(the TextVQA test file has none: submit test results to the server)"
+            )
+        answers = require(rec, "answers", path, types=list, **kw)
+        if not all(isinstance(a, str) for a in answers):
+            raise MetricInputError(
+                f"{path}: record with question_id={qid}: 'answers' must be a list of strings"
+            )
+        out.append(
+            {
+                "question_id": qid,
+                "answers": [{"answer": a, "answer_id": j + 1} for j, a in enumerate(answers)],
+                "question_type": None,
+                "answer_type": None,
+            }
+        )
+    return out
+
+
 def load_annotations(path) -> list[dict[str, Any]]:
-    """Validated annotation records (file order)."""
-    anns = records_list(load_json(path, ANN_FORMAT), path, "annotations", ANN_FORMAT)
+    """Validated annotation records (file order); TextVQA files are converted."""
+    data = load_json(path, ANN_FORMAT)
+    textvqa = isinstance(data, dict) and "annotations" not in data and "data" in data
+    if textvqa:
+        anns = _textvqa_annotations(path, data)
+    else:
+        anns = records_list(data, path, "annotations", ANN_FORMAT)
     seen = set()
     for i, ann in enumerate(anns):
         kw = dict(id_field="question_id", index=i)
@@ -52,8 +87,9 @@ def load_annotations(path) -> list[dict[str, Any]]:
         if qid in seen:
             raise MetricInputError(f"{path}: duplicate question_id {qid} in annotations")
         seen.add(qid)
-        require(ann, "question_type", path, types=str, **kw)
-        require(ann, "answer_type", path, types=str, **kw)
+        if not textvqa:  # TextVQA has no question/answer types
+            require(ann, "question_type", path, types=str, **kw)
+            require(ann, "answer_type", path, types=str, **kw)
         answers = require(ann, "answers", path, types=list, **kw)
         if not answers:
             raise MetricInputError(f"{path}: record with question_id={qid}: empty 'answers'")

@@ -114,3 +114,27 @@ def test_okvqa_annotations(tmp_path):
     assert rep["overall"] == 100.0 and rep["perQuestionType"] == {"one": 100.0}
     (tmp_path / "res.json").write_text(json.dumps([{"question_id": 5, "answer": "Racing Bikes"}]))
     assert vqa_eval.run(str(tmp_path / "ann.json"), str(tmp_path / "res.json"))["overall"] == 0.0
+
+
+def test_textvqa_files(tmp_path):
+    data = {
+        "dataset_name": "textvqa",
+        "data": [
+            {"question_id": 3, "image_id": "00000000000000aa", "question": "what brand?",
+             "answers": ["Nokia"] * 2 + ["nokia"] * 8},
+            {"question_id": 4, "image_id": "00000000000000ab", "question": "what word?",
+             "answers": ["stop"] * 10},
+        ],
+    }  # fmt: skip
+    (tmp_path / "TextVQA_0.5.1_val.json").write_text(json.dumps(data))
+    res = [{"question_id": 3, "answer": "NOKIA"}, {"question_id": 4, "answer": "Stop"}]
+    (tmp_path / "r.json").write_text(json.dumps(res))
+    rep = vqa_eval.run(str(tmp_path / "TextVQA_0.5.1_val.json"), str(tmp_path / "r.json"),
+                       per_question=True)  # fmt: skip
+    # q3: answers differ -> normalised, all ten match; q4: all identical -> exact, "Stop" fails
+    assert rep["perQuestion"] == {"3": 100.0, "4": 0.0}
+    assert rep["overall"] == 50.0 and rep["perQuestionType"] == {} and rep["perAnswerType"] == {}
+    del data["data"][1]["answers"]
+    (tmp_path / "TextVQA_0.5.1_test.json").write_text(json.dumps(data))
+    with pytest.raises(MetricInputError, match=r"question_id=4.*'answers'.*server"):
+        vqa_eval.run(str(tmp_path / "TextVQA_0.5.1_test.json"), str(tmp_path / "r.json"))

@@ -189,7 +189,8 @@ def evaluate_vqa(
 
     Args:
       annotations: records with ``question_id``, ``answers``, ``question_type``,
-        ``answer_type`` (validated by the caller).
+        ``answer_type`` (validated by the caller; a type of None is left out
+        of the per-type breakdown).
       predictions: question_id -> answer string.
       missing: question ids without a prediction; scored 0 and counted.
 
@@ -210,8 +211,10 @@ def evaluate_vqa(
         else:
             acc = question_accuracy(ann["answers"], predictions[qid])
         acc_all.append(acc)
-        by_qtype.setdefault(ann["question_type"], []).append(acc)
-        by_atype.setdefault(ann["answer_type"], []).append(acc)
+        if ann.get("question_type") is not None:
+            by_qtype.setdefault(ann["question_type"], []).append(acc)
+        if ann.get("answer_type") is not None:
+            by_atype.setdefault(ann["answer_type"], []).append(acc)
         per_question[qid] = round(100 * acc, ndigits)
 
     def avg(xs: list[float]) -> float:
