@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "sentencepiece",
     "pycocoevalcap",
     "clu",
+    "tensorboard",  # clu.metric_writers needs it for TensorBoard summaries
     "safetensors",
     "pillow",
     "numpy",
