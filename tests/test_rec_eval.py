@@ -74,3 +74,36 @@ def test_missing_and_bad_records(tmp_path, capsys):
         rec_eval.run(dup, codec)
     assert rec_eval.main(["--predictions", str(broken), *LOC]) == 2
     assert "broken.jsonl:2:34" in capsys.readouterr().err
+
+
+def test_refcoco_official_files(tmp_path, capsys):
+    refcoco = pytest.importorskip("tasks.sources.refcoco")
+    from locca.boxes import BoxCodec
+    from locca.data.export import export
+
+    export("refcoco", tmp_path / "data", num_images=3, seed=2, split="val")
+    gts = refcoco.records("refcoco", "val", str(tmp_path / "data"), per_sentence=True)
+    assert len(gts) >= 2
+    codec = BoxCodec("loc", num_bins=1024)
+    recs = [{"id": g["id"], "prediction": codec.encode(g["box"])} for g in gts]
+    recs[0] = {"id": gts[0]["id"], "prediction": "no box here"}
+    path = _jsonl(tmp_path, recs)
+    args = ["--predictions", path, "--encoding", "loc", "--refcoco_dir", str(tmp_path / "data"),
+            "--dataset", "refcoco", "--split", "val"]  # fmt: skip
+    assert rec_eval.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["acc@0.5"] == pytest.approx(100.0 * (len(gts) - 1) / len(gts))
+    assert out["num_examples"] == len(gts) and out["num_unparsed"] == 1
+    # missing and unknown ids, ground-truth fields where the files give it
+    short = _jsonl(tmp_path, recs[1:], "short.jsonl")
+    with pytest.raises(MetricInputError, match=repr(gts[0]["id"])):
+        rec_eval.run_refcoco(short, codec, refcoco_dir=str(tmp_path / "data"),
+                             dataset="refcoco", split="val")  # fmt: skip
+    extra = _jsonl(tmp_path, recs + [{"id": "999999/1", "prediction": "x"}], "extra.jsonl")
+    with pytest.raises(MetricInputError, match="999999/1"):
+        rec_eval.run_refcoco(extra, codec, refcoco_dir=str(tmp_path / "data"),
+                             dataset="refcoco", split="val")  # fmt: skip
+    withgt = _jsonl(tmp_path, [dict(recs[1], gt_box=[0, 0, 1, 1])], "gt.jsonl")
+    with pytest.raises(MetricInputError, match="ground-truth fields"):
+        rec_eval.run_refcoco(withgt, codec, refcoco_dir=str(tmp_path / "data"),
+                             dataset="refcoco", split="val")  # fmt: skip

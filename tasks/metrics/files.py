@@ -2,7 +2,7 @@
 
 Every problem raises :class:`MetricInputError` (a ``ValueError``) whose message
 names the file, the record (by its id when it has one) and what was expected.
-No project imports beyond the standard library, so the CLIs start fast.
+Standard library only (no numpy, no project imports).
 """
 
 from __future__ import annotations
