@@ -5,11 +5,7 @@ appended and flushed line by line. After a resume, steps between the last
 checkpoint and the interruption are logged again (append-only file; readers
 should keep the last line of each step).
 
-TensorBoard: ``clu.metric_writers.create_default_writer(model_dir)``. When
-clu's writers cannot be imported (they need the ``tensorboard`` package), a
-minimal writer on ``tf.summary.write`` with the scalars-plugin metadata is
-used; when TensorFlow is missing too, TensorBoard output is skipped with a
-warning (JSONL is always written).
+TensorBoard: ``clu.metric_writers.SummaryWriter(model_dir)`` event files.
 """
 
 from __future__ import annotations
@@ -50,47 +46,11 @@ class JsonlWriter:
         self._f.close()
 
 
-class _TfSummaryWriter:
-    """Scalars to TensorBoard event files via tf.summary.write (no tensorboard pkg)."""
-
-    def __init__(self, logdir: str):
-        import tensorflow as tf
-        from tensorflow.core.framework import summary_pb2
-
-        self._tf = tf
-        self._writer = tf.summary.create_file_writer(logdir)
-        self._meta = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
-        ).SerializeToString()
-
-    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        tf = self._tf
-        with self._writer.as_default():
-            for k, v in scalars.items():
-                tf.summary.write(
-                    k, tf.constant(_to_float(v), tf.float32), step=int(step), metadata=self._meta
-                )
-
-    def flush(self) -> None:
-        self._writer.flush()
-
-    def close(self) -> None:
-        self._writer.close()
-
-
 def tensorboard_writer(logdir: str):
-    """clu's default writer, else the tf.summary fallback, else None."""
-    try:
-        from clu import metric_writers
+    """clu's TensorBoard summary writer (synchronous, so nothing is lost at exit)."""
+    from clu import metric_writers
 
-        return metric_writers.create_default_writer(logdir, asynchronous=False)
-    except ImportError as e:
-        clu_error = e
-    try:
-        return _TfSummaryWriter(logdir)
-    except Exception as e:  # noqa: BLE001
-        log.warning("no TensorBoard output (clu: %s; tf.summary: %s)", clu_error, e)
-        return None
+    return metric_writers.SummaryWriter(logdir)
 
 
 class MetricWriter:
@@ -102,9 +62,7 @@ class MetricWriter:
             return
         self._writers.append(JsonlWriter(os.path.join(model_dir, "metrics.jsonl")))
         if tensorboard:
-            tb = tensorboard_writer(model_dir)
-            if tb is not None:
-                self._writers.append(tb)
+            self._writers.append(tensorboard_writer(model_dir))
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         if not scalars:
