@@ -194,9 +194,15 @@ def _name_map(config) -> dict[str, tuple[tuple[str, ...], bool]]:
 
 
 def params_from_hf_tensors(tensors: dict[str, np.ndarray], config, source: str = "checkpoint"):
-    """Nested float32 param dict (t5x names) from HF tensors; strict on names."""
+    """Nested float32 param dict (t5x names) from HF tensors; strict on names.
+
+    Tensors may be float32, float16 or bfloat16 (converted to float32).
+    """
     name_map = _name_map(config)
     expected_shapes = _expected_shapes(config)
+    if "shared.weight" not in tensors and "encoder.embed_tokens.weight" in tensors:
+        # Some exports keep only the stacks' copies of the shared embedding.
+        tensors = dict(tensors, **{"shared.weight": tensors["encoder.embed_tokens.weight"]})
     shared = tensors.get("shared.weight")
     ignored = []
     for alias in _EMBEDDING_ALIASES:

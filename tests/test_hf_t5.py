@@ -235,6 +235,22 @@ def test_sharded_checkpoint_equals_single(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+def test_bfloat16_checkpoint_and_embed_tokens_only(tmp_path):
+    import ml_dtypes
+
+    weights = _random_hf_v10(np.random.default_rng(4))
+    bf16 = {k: v.astype(ml_dtypes.bfloat16) for k, v in weights.items()}
+    bf16["encoder.embed_tokens.weight"] = bf16.pop("shared.weight")
+    bf16["decoder.embed_tokens.weight"] = bf16["encoder.embed_tokens.weight"]
+    _, params = hf_t5.load_hf_t5(_write_hf_dir(tmp_path / "bf16", bf16))
+    emb = params["token_embedder"]["embedding"]
+    assert emb.dtype == np.float32
+    np.testing.assert_array_equal(
+        emb, weights["shared.weight"].astype(ml_dtypes.bfloat16).astype(np.float32)
+    )
+    np.testing.assert_allclose(emb, weights["shared.weight"], rtol=1e-2)
+
+
 def test_missing_and_unexpected_tensors_are_listed(tmp_path):
     weights = _random_hf_v10(np.random.default_rng(2))
     del weights["decoder.block.2.layer.2.DenseReluDense.wo.weight"]
