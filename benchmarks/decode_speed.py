@@ -6,7 +6,8 @@ batch of 8 with a 32-token encoder input, without EOS stopping, once with the
 KV cache (one decoder step per token, cross-attention keys/values computed
 once) and once by full recompute (the whole decoder re-run on the
 max_len-token buffer every step). Compilation is excluded (one warm-up run
-each); one timed run each. tokens/s = batch * new_tokens / seconds.
+each); one timed run each. tokens/s = batch * new_tokens / seconds (wall
+clock; also per CPU second of this process, less sensitive to a busy host).
 Run: ``python -m benchmarks.decode_speed [--vocab 32128] [--new_tokens 32]``.
 """
 
@@ -65,10 +66,11 @@ def main(argv=None):
             return jax.block_until_ready(out)
 
         run()  # compile
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         tokens[name] = np.asarray(run())
-        results[name] = n / (time.perf_counter() - t)
-        print(f"{name:10s}: {results[name]:9.1f} tokens/s")
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        results[name] = n / wall
+        print(f"{name:10s}: {results[name]:9.1f} tokens/s wall ({n / cpu:8.1f} per CPU second)")
     same = np.array_equal(tokens["kv_cache"], tokens["recompute"])
     print(
         f"ratio kv_cache / recompute: {results['kv_cache'] / results['recompute']:.2f}x "
