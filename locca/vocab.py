@@ -92,15 +92,13 @@ def shapes_corpus(num_scenes: int = DEFAULT_CORPUS_SCENES, seed: int = 0) -> lis
 def _generic_lines() -> list[str]:
     """Lines every locca vocabulary should cover: numbers, prompts, task words."""
     lines = [" ".join(str(n) for n in range(k, min(k + 10, 1000))) for k in range(0, 1000, 10)]
-    lines += [str(n) for n in range(1000)]
+    lines += ["caption en", "answer en", "locate en", "ARef :", "GCap :"] * 100  # prompts
     lines += [
-        "caption en",
-        "answer en",
-        "locate en",
-        "ARef : ",
-        "GCap : ",
         "yes no",
         "zero one two three four five six seven eight nine ten",
+        "A B C D E F G H I J K L M N O P Q R S T U V W X Y Z",
+        "a b c d e f g h i j k l m n o p q r s t u v w x y z",
+        ". , ? ! ' \" : ; - ( ) / & % + = # @ _",
     ]
     return lines
 
@@ -113,12 +111,13 @@ def train_model(
     *,
     vocab_size: int = DEFAULT_VOCAB_SIZE,
     seed: int = 0,
-    model_type: str = "unigram",
+    model_type: str = "bpe",
 ) -> bytes:
     """Trains a SentencePiece model and returns its serialized proto.
 
     `vocab_size` counts the learned pieces; the final vocabulary also holds
-    pad/eos/unk and the 1025 special pieces (ids 3..1027). The size is a soft
+    pad/eos/unk, the 1025 special pieces (ids 3..1027) and 256 byte-fallback
+    pieces (so no text maps to unk). The size is a soft
     limit (a small corpus yields fewer pieces rather than an error).
     Deterministic: one thread, fixed seed, no sentence sampling/shuffling.
     The corpus is extended with the integers 0..999 (boxes written as text)
@@ -132,7 +131,8 @@ def train_model(
         sentence_iterator=iter(lines),
         model_writer=out,
         model_type=model_type,
-        vocab_size=vocab_size + 3 + len(specials),
+        # BPE needs room for every character; ask at least that many pieces.
+        vocab_size=max(vocab_size, len(set("".join(lines))) + 1) + 3 + len(specials) + 256,
         hard_vocab_limit=False,
         user_defined_symbols=specials,
         pad_id=PAD_ID,
@@ -143,6 +143,7 @@ def train_model(
         eos_piece="</s>",
         unk_piece="<unk>",
         character_coverage=1.0,
+        byte_fallback=True,  # any other character -> UTF-8 byte pieces, never unk
         num_threads=1,
         input_sentence_size=0,
         shuffle_input_sentence=False,

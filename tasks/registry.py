@@ -51,6 +51,11 @@ def data_dir_override(**dirs: str):
             set_data_dir(k, v)
 
 
+def image_dir_override(dataset: str) -> str | None:
+    """`set_data_dir("<dataset>_images", path)` if given (image folders root)."""
+    return _DATA_DIRS.get(f"{dataset}_images")
+
+
 def resolve_data_dir(dataset: str, data_dir: str | None = None) -> str:
     """The directory holding `dataset`'s official files (see module doc)."""
     if data_dir:
