@@ -217,16 +217,18 @@ def default_vocabulary_path() -> pathlib.Path:
     return path
 
 
-class _LazyDefaultVocabulary(seqio.SentencePieceVocabulary):
-    """The default shapes vocabulary; the model file is built/located only when
-    first needed (so registering tasks touches no disk)."""
+class _LazyVocabulary(seqio.SentencePieceVocabulary):
+    """A SentencePieceVocabulary whose model file is located (and, for the
+    default, built) only when first needed: registering tasks touches no disk.
+    `resolver` is a module-level function returning the model path."""
 
-    def __init__(self):
+    def __init__(self, resolver):
+        self._resolver = resolver
         super().__init__("", extra_ids=0)
 
     def _resolve(self) -> str:
         if not self._sentencepiece_model_file:
-            self._sentencepiece_model_file = str(default_vocabulary_path())
+            self._sentencepiece_model_file = str(self._resolver())
         return self._sentencepiece_model_file
 
     @property
@@ -238,26 +240,52 @@ class _LazyDefaultVocabulary(seqio.SentencePieceVocabulary):
         return super()._model_context()
 
     def __eq__(self, other):
-        if isinstance(other, _LazyDefaultVocabulary):
+        if isinstance(other, _LazyVocabulary) and other._resolver is self._resolver:
             return True  # same recipe, same bytes
         if isinstance(other, seqio.SentencePieceVocabulary):
-            self._resolve()
-        return super().__eq__(other)
+            return self.sp_model == other.sp_model
+        return False
 
     def __hash__(self):
-        return hash(_LazyDefaultVocabulary)
+        return hash(self._resolver)
 
     def __str__(self) -> str:
-        return "locca default shapes SentencePieceVocabulary (lazy)"
+        return f"lazy SentencePieceVocabulary({self._resolver.__name__})"
 
 
-_DEFAULT = _LazyDefaultVocabulary()
+# kept for callers of the earlier name
+_LazyDefaultVocabulary = _LazyVocabulary
+
+_DEFAULT = _LazyVocabulary(default_vocabulary_path)
 
 
 def default_vocabulary() -> seqio.SentencePieceVocabulary:
     """The shapes-world vocabulary with location tokens (one shared instance;
     trained into the cache on first use, deterministic)."""
     return _DEFAULT
+
+
+VOCAB_ENV = "LOCCA_VOCAB"
+
+
+def task_vocabulary_path() -> pathlib.Path:
+    """`$LOCCA_VOCAB` (e.g. a T5 model extended with `extend`) if set, else the
+    default shapes vocabulary."""
+    path = os.environ.get(VOCAB_ENV)
+    if path:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"${VOCAB_ENV}={path}: file not found (expected a .model)")
+        return pathlib.Path(path)
+    return default_vocabulary_path()
+
+
+_TASK = _LazyVocabulary(task_vocabulary_path)
+
+
+def task_vocabulary() -> seqio.SentencePieceVocabulary:
+    """The vocabulary of the registered seqio tasks: `$LOCCA_VOCAB` when set
+    (read at first use), else `default_vocabulary()`'s model."""
+    return _TASK
 
 
 def loc_token_ids(vocab: seqio.SentencePieceVocabulary) -> list[int]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import seqio
 import tensorflow as tf
 
-from locca.vocab import default_vocabulary
+from locca.vocab import task_vocabulary
 from tasks import preprocessors as prep
 
 DATA_DIR_ENV = "LOCCA_DATA_DIR"
@@ -77,7 +77,7 @@ def resolve_data_dir(dataset: str, data_dir: str | None = None) -> str:
 
 def output_features(vocab: seqio.Vocabulary | None = None) -> dict[str, seqio.Feature]:
     """image (uint8 [H, W, 3]) + inputs/targets (token ids, EOS appended)."""
-    vocab = vocab or default_vocabulary()
+    vocab = vocab or task_vocabulary()
     return {
         "image": seqio.ContinuousFeature(dtype=tf.uint8, rank=3),
         "inputs": seqio.Feature(vocabulary=vocab, add_eos=True),
@@ -87,7 +87,7 @@ def output_features(vocab: seqio.Vocabulary | None = None) -> dict[str, seqio.Fe
 
 def pretrain_output_features(vocab: seqio.Vocabulary | None = None) -> dict[str, seqio.Feature]:
     """image + LocCa targets cap / aref / gcap (token ids, EOS appended)."""
-    vocab = vocab or default_vocabulary()
+    vocab = vocab or task_vocabulary()
     feats = {"image": seqio.ContinuousFeature(dtype=tf.uint8, rank=3)}
     for k in ("cap", "aref", "gcap"):
         feats[k] = seqio.Feature(vocabulary=vocab, add_eos=True)
@@ -143,10 +143,13 @@ def text_postprocessor(output, example=None, is_target=False):
         return _as_str(output).strip()
     ex = example or {}
     out = {"answers": [_as_str(r) for r in ex.get("references", [])]}
-    for k in ("id", "question_id", "question_type", "answer_type", "issimple", "question"):
+    for k in ("id", "question_id", "question_type", "answer_type", "question"):
         if k in ex:
             v = ex[k]
             out[k] = _as_str(v) if isinstance(v, bytes) else (v.item() if hasattr(v, "item") else v)
+    if "issimple" in ex:  # TallyQA: 1 simple, 0 complex, -1 unknown -> True / False / None
+        v = int(ex["issimple"])
+        out["issimple"] = None if v < 0 else bool(v)
     return out
 
 

@@ -153,3 +153,52 @@ def test_mixture_yields_examples():
     ds = mix.get_dataset(LENGTHS, split="validation", shuffle=False, seed=0, num_epochs=1)
     ex = next(ds.as_numpy_iterator())
     assert ex["image"].shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES_TASKS))
+def test_metric_fns_score_references_perfectly(name):
+    """The registered metric fns accept the postprocessed targets; predicting
+    the first reference scores perfectly (CIDEr is set-relative: just finite)."""
+    kind = SHAPES_TASKS[name]
+    if kind == "caption":
+        from tasks.metrics.captions import require_java
+
+        try:
+            require_java()
+        except Exception as e:  # noqa: BLE001
+            pytest.skip(f"CIDEr needs Java: {e}")
+    task = seqio.get_mixture_or_task(name)
+    ds = task.get_dataset(LENGTHS, split="validation", shuffle=False, seed=0)
+    targets, preds = [], []
+    for ex in ds.take(6).as_numpy_iterator():
+        targets.append(task.postprocess_fn(ex["targets_pretokenized"], example=ex, is_target=True))
+        first = ex["references"][0]
+        preds.append(task.postprocess_fn(first, example=ex, is_target=False))
+    scores = {}
+    for fn in task.metric_fns:
+        scores.update(fn(targets, preds))
+    main = {"vqa": "vqa_accuracy", "okvqa": "vqa_accuracy", "textvqa": "vqa_accuracy",
+            "stvqa": "anls", "tally": "tally_accuracy", "refexp": "acc@0.5",
+            "caption": "cider"}[kind]  # fmt: skip
+    assert np.isfinite(scores[main])
+    if kind == "stvqa":
+        assert scores[main] == pytest.approx(1.0)
+    elif kind in ("tally", "refexp"):
+        assert scores[main] == pytest.approx(100.0)
+    elif kind != "caption":
+        assert scores[main] > 30.0  # VQA accuracy of one human answer among ten
+
+
+def test_gin_task_files_name_registered_tasks(repo_root):
+    import gin
+
+    files = sorted((repo_root / "gin" / "tasks").glob("*.gin"))
+    assert len(files) >= 18
+    names = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+    for f in files:
+        gin.clear_config()
+        gin.parse_config_file(str(f))
+        name = gin.query_parameter("%MIXTURE_OR_TASK_NAME")
+        assert name == f.stem and name in names
+        assert set(gin.query_parameter("%TASK_FEATURE_LENGTHS")) == {"inputs", "targets"}
+    gin.clear_config()
