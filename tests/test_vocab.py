@@ -166,4 +166,4 @@ def test_task_vocabulary_env_override(tmp_path, monkeypatch):
     assert v.sp_model == data and v.vocab_size == _sp(data).get_piece_size()
     monkeypatch.setenv(V.VOCAB_ENV, str(tmp_path / "missing.model"))
     with pytest.raises(FileNotFoundError, match="missing.model"):
-        V._LazyVocabulary(V.task_vocabulary_path).vocab_size
+        V._LazyVocabulary(V.task_vocabulary_path).load_model()
