@@ -1,0 +1,465 @@
+r"""LocCa / Cap / CapPa pretraining entry point.
+
+    python -m locca.pretrain --gin_file=gin/pretrain/locca_tiny.gin \
+        --gin.MODEL_DIR="'/tmp/locca_tiny'" [--gin.TRAIN_STEPS=2000]
+
+t5x flag conventions: ``--gin_file`` (repeatable), ``--gin.NAME=VALUE``
+(a gin binding; also ``--gin_bindings``), ``--gin_search_paths`` (the
+repository's ``gin/`` folder and the working directory are always searched).
+Gin lives only here: the library functions are registered with
+``gin.external_configurable`` below and the gin files bind their keyword
+arguments; ``pretrain`` (this module's main function) is the root.
+
+What a run does: builds the model (:mod:`locca.models.locca`), the data
+(a seqio pretraining task through
+``tasks.feature_converters.LocCaPretrainFeatureConverter``; a seeded shuffle
+of the repeated split, batch ``s`` is the same after a resume), the optimiser
+(``locca.training.optimizers.make_optimizer``), the evaluator
+(:mod:`locca.pretrain_eval`) and calls the one trainer
+(``locca.training.trainer.train``). ``model_dir/model_config.json`` records
+the encoder/decoder configs (read by ``checkpoints/export_encoder.py``);
+``model_dir/config.gin`` the operative gin config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("locca.pretrain")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_GIN_SEARCH_PATHS = (str(REPO_ROOT / "gin"), str(REPO_ROOT), ".")
+MODEL_CONFIG_FILE = "model_config.json"
+
+# Environment variables that signal a multi-process (multi-host) launch.
+_MULTIHOST_ENV = (
+    "JAX_COORDINATOR_ADDRESS",
+    "COORDINATOR_ADDRESS",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+)
+_COUNT_ENV = ("JAX_NUM_PROCESSES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+
+
+def maybe_initialize_distributed(environ: Mapping[str, str] | None = None) -> bool:
+    """Calls ``jax.distributed.initialize()`` only for a multi-host launch.
+
+    Multi-host = a coordinator address is set, more than one process is
+    announced (JAX/SLURM/Open MPI), or a TPU pod slice lists several workers.
+    Returns whether it initialised.
+    """
+    env = os.environ if environ is None else environ
+    multi = any(env.get(k) for k in _MULTIHOST_ENV)
+    for k in _COUNT_ENV:
+        try:
+            multi = multi or int(env.get(k, "1")) > 1
+        except ValueError:
+            pass
+    multi = multi or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+    if multi:
+        import jax
+
+        jax.distributed.initialize()
+    return multi
+
+
+# ---------------------------------------------------------------------------
+# Data.
+
+
+def _get_task(task: Any):
+    import seqio
+
+    import tasks  # noqa: F401  (registers every task)
+
+    if isinstance(task, str):
+        return seqio.get_mixture_or_task(task)
+    return task
+
+
+def make_dataset(
+    task: Any,
+    *,
+    split: str,
+    task_feature_lengths: Mapping[str, int],
+    batch_size: int,
+    image_size: int | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    num_epochs: int | None = None,
+    shard_index: int = 0,
+    num_shards: int = 1,
+):
+    """tf.data of batched pretraining model features (numpy-able dicts).
+
+    Features (``LocCaPretrainFeatureConverter``): ``image`` uint8 [B, S, S, 3]
+    and ``{cap,aref,gcap}_{decoder_input_tokens,decoder_target_tokens,
+    loss_weights}`` int32 [B, L_t]. ``batch_size`` is per process.
+    """
+    import seqio
+
+    from tasks.feature_converters import LocCaPretrainFeatureConverter
+
+    task = _get_task(task)
+    lengths = {k: int(v) for k, v in task_feature_lengths.items()}
+    ds = task.get_dataset(
+        sequence_length=lengths,
+        split=split,
+        shuffle=shuffle,
+        seed=seed if shuffle else None,
+        num_epochs=num_epochs,
+        shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
+        use_cached=False,
+    )
+    ds = LocCaPretrainFeatureConverter(image_size=image_size)(ds, lengths)
+    return ds.batch(batch_size, drop_remainder=True)
+
+
+def make_batches(
+    task: Any,
+    *,
+    task_feature_lengths: Mapping[str, int],
+    batch_size: int,
+    image_size: int | None = None,
+    seed: int = 0,
+    split: str = "train",
+) -> Callable[[int], Iterator[dict[str, np.ndarray]]]:
+    """The trainer's ``batches(start_step) -> iterator`` (deterministic).
+
+    A seeded shuffle of the repeated split, batched; starting at
+    ``start_step`` skips that many batches (``Dataset.skip``), so batch ``s``
+    is bitwise the same whether or not the run was interrupted. Each process
+    reads its own shard with ``batch_size // process_count`` examples.
+    """
+    import jax
+
+    n_proc = jax.process_count()
+    if batch_size % n_proc:
+        raise ValueError(f"batch_size {batch_size} not divisible by {n_proc} processes")
+
+    def batches(start_step: int) -> Iterator[dict[str, np.ndarray]]:
+        import tensorflow as tf
+
+        ds = make_dataset(
+            task,
+            split=split,
+            task_feature_lengths=task_feature_lengths,
+            batch_size=batch_size // n_proc,
+            image_size=image_size,
+            shuffle=True,
+            seed=seed,
+            num_epochs=None,
+            shard_index=jax.process_index(),
+            num_shards=n_proc,
+        )
+        ds = ds.skip(int(start_step)).prefetch(tf.data.AUTOTUNE)
+        return ds.as_numpy_iterator()
+
+    return batches
+
+
+# ---------------------------------------------------------------------------
+# The run.
+
+
+def pretrain(
+    *,
+    model_dir: str,
+    train_steps: int,
+    batch_size: int,
+    task: Any = "shapes_pretrain",
+    task_feature_lengths: Mapping[str, int] = (("cap", 48), ("aref", 32), ("gcap", 32)),
+    image_size: int | None = None,
+    data_seed: int = 0,
+    vocab_size: int | None = None,
+    encoder_config: Mapping[str, Any] = (),
+    decoder_config: Mapping[str, Any] | None = None,
+    dropout: float = 0.0,
+    remat: bool = False,
+    dtype_mm: str = "float32",
+    tasks: Sequence[str] = ("cap", "aref", "gcap"),
+    task_weights: Mapping[str, float] | None = None,
+    parallel_prob: float = 0.5,
+    optimizer: Any = None,
+    seed: int = 0,
+    checkpoint_every: int = 1000,
+    keep_checkpoints: int = 3,
+    log_every: int = 50,
+    eval_every: int | None = None,
+    evaluate: bool = True,
+    evaluator_kwargs: Mapping[str, Any] | None = None,
+    mesh_shape: Mapping[str, int] | None = None,
+    compute_dtype: str = "float32",
+    grad_accum_steps: int = 1,
+    progress: bool = True,
+    tensorboard: bool = True,
+    fixed_batch: bool = False,
+):
+    """Pretrains LocCa (or Cap / CapPa: ``tasks=("cap",)``) and returns the final state.
+
+    Args:
+      model_dir: checkpoints, metrics.jsonl, sample PNGs, configs.
+      train_steps: number of optimiser updates.
+      batch_size: global batch size (images per update).
+      task: a seqio task/mixture name or object producing image/cap/aref/gcap.
+      task_feature_lengths: text lengths {cap, aref, gcap} in tokens (the
+        decoder's position embeddings cover the longest).
+      image_size: model input side in pixels (None: the task's).
+      data_seed: shuffle / sampling seed of the data.
+      vocab_size: output vocabulary size; None: the task's vocabulary size.
+        It may exceed the data's vocabulary (e.g. 32k for paper configs).
+      encoder_config: ``vit.Model`` kwargs (``variant``, ``patch_size``...).
+      decoder_config: decoder width/depth/mlp_dim/num_heads overrides
+        (default: the encoder's width/heads/mlp, half its depth).
+      tasks, task_weights, parallel_prob: see ``locca.make_loss_fn``.
+      optimizer: an optax transformation (gin: ``@make_optimizer()``); None:
+        ``make_optimizer(total_steps=train_steps)`` with its defaults.
+      evaluate / evaluator_kwargs / eval_every: the pretraining evaluator
+        (``PretrainEvaluator`` keyword arguments).
+      fixed_batch: train on the first batch over and over (a sanity check:
+        the loss must fall).
+    """
+    import jax
+
+    from locca.models import locca as locca_lib
+    from locca.training import optimizers, trainer
+
+    if tasks is None or not tuple(tasks):
+        raise ValueError("tasks must name at least one of cap, aref, gcap")
+    lengths = dict(task_feature_lengths)
+    task_obj = _get_task(task)
+    data_vocab = task_obj.output_features["cap"].vocabulary.vocab_size
+    if vocab_size is None:
+        vocab_size = data_vocab
+    if vocab_size < data_vocab:
+        raise ValueError(f"vocab_size {vocab_size} < the task's vocabulary size {data_vocab}")
+    max_len = max(lengths[t] for t in lengths)
+    enc_cfg = dict(encoder_config)
+    if "patch_size" in enc_cfg and enc_cfg["patch_size"] is not None:
+        ps = enc_cfg["patch_size"]
+        enc_cfg["patch_size"] = (int(ps), int(ps)) if np.isscalar(ps) else tuple(ps)
+    model = locca_lib.build_model(
+        vocab_size=vocab_size,
+        encoder_config=enc_cfg,
+        decoder_config=decoder_config,
+        max_len=max_len,
+        dropout=dropout,
+        remat=remat,
+        dtype_mm=dtype_mm,
+    )
+    if image_size is None:
+        shape = _task_image_shape(task_obj)
+        image_size = int(shape[0])
+    init = locca_lib.init_params(
+        model, jax.random.PRNGKey(seed), image_size=image_size, text_len=max_len, boxed=True
+    )
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(init))
+    log.info("LocCa model: %d parameters, vocab %d, image %d px", n_params, vocab_size, image_size)
+    if jax.process_index() == 0:
+        _write_model_config(model_dir, model, image_size=image_size, max_len=max_len)
+        _write_gin_config(model_dir)
+
+    loss_fn = locca_lib.make_loss_fn(
+        model, tasks=tuple(tasks), task_weights=task_weights, parallel_prob=parallel_prob
+    )
+    if optimizer is None:
+        optimizer = optimizers.make_optimizer(total_steps=train_steps)
+    batches = make_batches(
+        task_obj,
+        task_feature_lengths=lengths,
+        batch_size=batch_size,
+        image_size=image_size,
+        seed=data_seed,
+    )
+    if fixed_batch:
+        batches = _repeat_first(batches)
+    evaluators = []
+    if evaluate:
+        from locca import pretrain_eval
+
+        evaluators.append(
+            pretrain_eval.PretrainEvaluator(
+                model=model,
+                task=task_obj,
+                task_feature_lengths=lengths,
+                image_size=image_size,
+                tasks=tuple(tasks),
+                model_dir=model_dir,
+                **dict(evaluator_kwargs or {}),
+            )
+        )
+    return trainer.train(
+        model_dir=model_dir,
+        init_params=init,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        batches=batches,
+        num_steps=train_steps,
+        seed=seed,
+        grad_accum_steps=grad_accum_steps,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        log_every=log_every,
+        evaluators=evaluators,
+        eval_every=eval_every,
+        mesh_shape=mesh_shape,
+        compute_dtype=compute_dtype,
+        learning_rate_fn=getattr(optimizer, "learning_rate_fn", None),
+        progress=progress,
+        tensorboard=tensorboard,
+    )
+
+
+def _repeat_first(batches: Callable[[int], Iterator]) -> Callable[[int], Iterator]:
+    def repeated(start_step: int) -> Iterator[dict[str, np.ndarray]]:
+        first = next(iter(batches(0)))
+        while True:
+            yield first
+
+    return repeated
+
+
+def _task_image_shape(task_obj) -> tuple[int, ...]:
+    """Static image shape of a task (for image_size=None)."""
+    ds = task_obj.get_dataset(
+        sequence_length=None, split="validation", shuffle=False, use_cached=False
+    )
+    shape = ds.element_spec["image"].shape
+    if shape.rank != 3 or shape[0] is None:
+        raise ValueError(f"task {task_obj.name}: image shape {shape} is not static; set image_size")
+    return tuple(int(s) for s in shape)
+
+
+def _write_model_config(model_dir: str, model, *, image_size: int, max_len: int) -> None:
+    """``model_dir/model_config.json``: the ViT and decoder configs of the run."""
+    import dataclasses
+
+    def fields(m) -> dict:
+        out = {}
+        for f in dataclasses.fields(m):
+            if f.name in ("parent", "name"):
+                continue
+            v = getattr(m, f.name)
+            if isinstance(v, tuple):
+                v = list(v)
+            if isinstance(v, (int, float, str, bool, list, type(None))):
+                out[f.name] = v
+            else:
+                out[f.name] = str(v)
+        return out
+
+    os.makedirs(model_dir, exist_ok=True)
+    cfg = {
+        "vit_config": fields(model.encoder),
+        "decoder_config": fields(model.decoder),
+        "image_size": int(image_size),
+        "max_len": int(max_len),
+    }
+    tmp = os.path.join(model_dir, MODEL_CONFIG_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+    os.replace(tmp, os.path.join(model_dir, MODEL_CONFIG_FILE))
+
+
+# ---------------------------------------------------------------------------
+# Flags, gin and main.
+
+
+def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
+    """``--gin.NAME=VALUE`` -> ``--gin_bindings=NAME = VALUE`` (as t5x)."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--gin."):
+            body = arg[len("--gin.") :]
+            if "=" not in body:
+                raise ValueError(f"gin flag {arg!r} needs the form --gin.NAME=VALUE")
+            name, value = body.split("=", 1)
+            out.append(f"--gin_bindings={name} = {value}")
+        else:
+            out.append(arg)
+    return out
+
+
+_CONFIGURED = False
+
+
+def register_configurables() -> None:
+    """Registers the pretraining functions and library pieces with gin (idempotent)."""
+    global _CONFIGURED
+    if _CONFIGURED:
+        return
+    import gin
+    from locca.training import optimizers, schedules
+    from tasks import pretrain_tasks
+
+    gin.external_configurable(pretrain, "pretrain", module="locca")
+    gin.external_configurable(optimizers.make_optimizer, "make_optimizer", module="locca")
+    gin.external_configurable(schedules.make_schedule, "make_schedule", module="locca")
+    gin.external_configurable(
+        pretrain_tasks.make_shapes_pretrain_task, "make_shapes_pretrain_task", module="tasks"
+    )
+    _CONFIGURED = True
+
+
+def parse_gin(
+    gin_files: Sequence[str], gin_bindings: Sequence[str] = (), search_paths: Sequence[str] = ()
+) -> None:
+    import gin
+
+    register_configurables()
+    for path in [*search_paths, *DEFAULT_GIN_SEARCH_PATHS]:
+        gin.add_config_file_search_path(path)
+    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings))
+
+
+def run_from_gin() -> Any:
+    """Calls the gin-bound ``pretrain`` (which saves the config into model_dir)."""
+    import gin
+
+    return gin.get_configurable("locca.pretrain")()
+
+
+def _write_gin_config(model_dir: str) -> None:
+    """``model_dir/config.gin``: the full gin config, when gin configured this run."""
+    import sys
+
+    gin = sys.modules.get("gin")
+    if gin is None:
+        return
+    text = gin.config_str()
+    if text.strip():
+        with open(os.path.join(model_dir, "config.gin"), "w") as f:
+            f.write(text)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from absl import app, flags
+
+    flags.DEFINE_multi_string("gin_file", [], "Gin config files (repeatable).")
+    flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings; also --gin.NAME=VALUE.")
+    flags.DEFINE_list("gin_search_paths", [], "Extra folders searched for gin files.")
+
+    def parser(args):
+        return flags.FLAGS(rewrite_gin_args(args))
+
+    def _main(args):
+        del args
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        maybe_initialize_distributed()
+        f = flags.FLAGS
+        if not f.gin_file:
+            raise app.UsageError("--gin_file is required (e.g. gin/pretrain/locca_tiny.gin)")
+        parse_gin(f.gin_file, f.gin_bindings, f.gin_search_paths)
+        run_from_gin()
+
+    app.run(_main, argv=argv, flags_parser=parser)
+
+
+if __name__ == "__main__":
+    main()

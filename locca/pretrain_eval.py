@@ -1,0 +1,325 @@
+"""Evaluation during LocCa pretraining: an evaluator for the one trainer.
+
+``PretrainEvaluator(...)(step, params, frozen_params) -> {name: float}``:
+
+* ``val_loss_{t}`` / ``val_accuracy_{t}``: teacher-forced per-task loss and
+  token accuracy on held-out images (no parallel prediction, no dropout).
+* Zero-shot ARef: for each held-out example the ``aref`` target
+  ``ARef : {c} : {b}`` gives the prompt ``ARef : {c} :`` and the ground-truth
+  box ``b``; the model greedily continues the prompt and the continuation is
+  parsed with ``BoxCodec.decode`` (unparseable = wrong).
+  ``aref_acc@0.5`` (IoU >= 0.5), ``aref_mean_iou``, ``aref_parse_rate``, and
+  two trivial baselines on the same examples: ``aref_acc@0.5_whole_image``
+  (box [0, 0, 1, 1]) and ``aref_acc@0.5_mean_box`` (the mean box of the
+  training split's ``aref`` targets).
+* A PNG of sample outputs in ``model_dir/samples/step_XXXXXX.png``: greedy
+  captions, GCap continuations of the held-out GCap prompts (box drawn) and
+  ARef predictions (predicted box red, ground truth green).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from locca import boxes as boxes_lib
+from locca import decoding
+from locca.models import decoder as decoder_lib
+from locca.models import locca as locca_lib
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PretrainEvaluator", "split_aref", "split_gcap", "mean_box"]
+
+
+def split_aref(text: str) -> tuple[str, str] | None:
+    """``"ARef : c : b"`` -> (prompt ``"ARef : c :"``, box text ``"b"``); None if malformed."""
+    head, sep, tail = text.rpartition(" : ")
+    if not sep or not head.startswith("ARef"):
+        return None
+    return head + " :", tail
+
+
+def split_gcap(text: str) -> tuple[str, str] | None:
+    """``"GCap : b : c"`` -> (prompt ``"GCap : b :"``, region text ``"c"``); None if malformed."""
+    parts = text.split(" : ", 2)
+    if len(parts) != 3 or parts[0] != "GCap":
+        return None
+    return f"{parts[0]} : {parts[1]} :", parts[2]
+
+
+def mean_box(box_list: Sequence[np.ndarray]) -> np.ndarray:
+    """Coordinate-wise mean of yxyx boxes [N, 4] -> [4]."""
+    if not len(box_list):
+        raise ValueError("mean_box: no boxes")
+    return np.mean(np.stack([np.asarray(b, np.float64) for b in box_list]), axis=0)
+
+
+def _strip_eos(ids: np.ndarray, eos_id: int = 1) -> list[int]:
+    out = []
+    for t in ids.tolist():
+        if t == eos_id:
+            break
+        if t != 0:
+            out.append(int(t))
+    return out
+
+
+class PretrainEvaluator:
+    """Validation losses, zero-shot ARef Acc@0.5 vs baselines, and sample PNGs.
+
+    Args:
+      model: the ``LocCa`` module.
+      task: seqio pretraining task (name or object) with image/cap/aref/gcap.
+      task_feature_lengths: {cap, aref, gcap} token lengths (as in training).
+      image_size: model input side (pixels).
+      tasks: the tasks trained (losses are reported for these; ARef is
+        evaluated only when "aref" is among them unless ``aref_eval=True``).
+      model_dir: where sample PNGs go (None: no PNG).
+      split: held-out split; num_examples: how many of its examples.
+      batch_size: evaluation batch size.
+      box_encoding / num_bins / box_order: the ``BoxCodec`` of the task.
+      num_mean_box_examples: training examples averaged for the mean-box
+        baseline.
+      num_render: examples drawn in the PNG (0: none).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: locca_lib.LocCa,
+        task: Any,
+        task_feature_lengths: Mapping[str, int],
+        image_size: int,
+        tasks: Sequence[str] = locca_lib.TASKS,
+        model_dir: str | None = None,
+        split: str = "validation",
+        num_examples: int = 200,
+        batch_size: int = 50,
+        box_encoding: str = "text",
+        num_bins: int | None = None,
+        box_order: str = "yxyx",
+        num_mean_box_examples: int = 1000,
+        num_render: int = 8,
+        aref_eval: bool | None = None,
+        caption_len: int | None = None,
+    ):
+        from locca.pretrain import _get_task, make_dataset
+
+        self.model = model
+        self.task = _get_task(task)
+        self.lengths = {k: int(v) for k, v in dict(task_feature_lengths).items()}
+        self.image_size = int(image_size)
+        self.tasks = tuple(tasks)
+        self.model_dir = model_dir
+        self.batch_size = int(batch_size)
+        self.codec = boxes_lib.BoxCodec(box_encoding, num_bins, box_order)
+        self.vocab = self.task.output_features["cap"].vocabulary
+        self.num_render = int(num_render)
+        self.aref_eval = ("aref" in self.tasks) if aref_eval is None else bool(aref_eval)
+        self.caption_len = int(caption_len or self.lengths["cap"])
+
+        # Held-out examples, loaded once into host memory.
+        ds = make_dataset(
+            self.task,
+            split=split,
+            task_feature_lengths=self.lengths,
+            batch_size=1,
+            image_size=self.image_size,
+            shuffle=False,
+            num_epochs=1,
+        ).unbatch()
+        exs = list(ds.take(num_examples).as_numpy_iterator())
+        if not exs:
+            raise ValueError(f"task {self.task.name}: split {split!r} has no examples")
+        n = (len(exs) // self.batch_size) * self.batch_size or len(exs)
+        self.batch_size = min(self.batch_size, n)
+        self.data = {k: np.stack([e[k] for e in exs[:n]]) for k in exs[0]}
+        self.num_examples = n
+
+        # ARef prompts and ground-truth boxes from the held-out aref targets.
+        self.aref_prompts, self.aref_gt = [], []
+        for ids in self.data["aref_decoder_target_tokens"]:
+            parsed = split_aref(self.vocab.decode(_strip_eos(ids)))
+            box = self.codec.decode(parsed[1]) if parsed else None
+            self.aref_prompts.append(parsed[0] if parsed and box is not None else None)
+            self.aref_gt.append(box)
+        if self.aref_eval:
+            train_boxes = []
+            tds = make_dataset(
+                self.task,
+                split="train",
+                task_feature_lengths=self.lengths,
+                batch_size=1,
+                image_size=self.image_size,
+                shuffle=False,
+                num_epochs=1,
+            ).unbatch()
+            for e in tds.take(num_mean_box_examples).as_numpy_iterator():
+                p = split_aref(self.vocab.decode(_strip_eos(e["aref_decoder_target_tokens"])))
+                b = self.codec.decode(p[1]) if p else None
+                if b is not None:
+                    train_boxes.append(b)
+            self.train_mean_box = mean_box(train_boxes)
+        self._loss_fn = jax.jit(locca_lib.make_loss_fn(model, tasks=self.tasks, train=False))
+        self._generate = jax.jit(self._generate_impl, static_argnames=("max_len",))
+
+    # ------------------------------------------------------------------ decode
+    def _generate_impl(self, params, images, prefix, *, max_len: int):
+        """Greedy continuation of ``prefix`` [B, P] (0-padded) for images [B, S, S, 3]."""
+        variables = {"params": params}
+        encoded = self.model.apply(
+            variables, locca_lib.preprocess_image(images), method=locca_lib.LocCa.encode
+        )
+        dec = self.model.decoder
+        cache = decoder_lib.init_cache(dec, params["decoder"], encoded, max_len)
+        step = decoder_lib.make_tokens_to_logits(dec, params["decoder"])
+        return decoding.greedy(
+            step, cache, batch_size=images.shape[0], max_len=max_len, eos_id=1, prefix=prefix
+        )
+
+    def _prompt_ids(self, prompts: Sequence[str | None], width: int) -> np.ndarray:
+        out = np.zeros((len(prompts), width), np.int32)
+        for i, p in enumerate(prompts):
+            if p is None:
+                continue
+            ids = list(self.vocab.encode(p))[: width - 1]
+            out[i, : len(ids)] = ids
+        return out
+
+    def generate(self, params, images: np.ndarray, prompts: Sequence[str | None], max_len: int):
+        """Greedy continuations (text after the prompt) for each image."""
+        prefix = self._prompt_ids(prompts, max_len)
+        toks = np.asarray(self._generate(params, jnp.asarray(images), prefix, max_len=max_len))
+        texts = []
+        for row, pre in zip(toks, prefix):
+            n_pre = int((pre != 0).sum())
+            texts.append(self.vocab.decode(_strip_eos(row[n_pre:])))
+        return texts
+
+    # -------------------------------------------------------------- evaluate
+    def __call__(self, step: int, params, frozen_params=None) -> dict[str, float]:
+        params = locca_lib.merge_params(params, frozen_params or {})
+        params = jax.device_get(params)
+        out: dict[str, float] = {}
+        sums: dict[str, float] = {}
+        nb = 0
+        for s in range(0, self.num_examples, self.batch_size):
+            batch = {k: v[s : s + self.batch_size] for k, v in self.data.items()}
+            _, aux = self._loss_fn(params, {}, batch, jax.random.PRNGKey(0))
+            for k, v in aux.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            nb += 1
+        for t in self.tasks:
+            out[f"val_loss_{t}"] = sums[f"loss_{t}"] / nb
+            out[f"val_accuracy_{t}"] = sums[f"accuracy_{t}"] / nb
+
+        preds: list[np.ndarray | None] = []
+        if self.aref_eval:
+            preds = self._aref_predictions(params)
+            valid = [i for i, g in enumerate(self.aref_gt) if g is not None]
+            gts = [self.aref_gt[i] for i in valid]
+            p = [preds[i] for i in valid]
+            n = len(valid)
+            out["aref_acc@0.5"] = boxes_lib.acc_at_05(p, gts)
+            out["aref_mean_iou"] = boxes_lib.mean_iou(p, gts)
+            out["aref_parse_rate"] = float(np.mean([x is not None for x in p]))
+            out["aref_acc@0.5_whole_image"] = boxes_lib.acc_at_05(
+                [np.array([0, 0, 1, 1.0])] * n, gts
+            )
+            out["aref_acc@0.5_mean_box"] = boxes_lib.acc_at_05([self.train_mean_box] * n, gts)
+            out["aref_num_examples"] = float(n)
+        if self.model_dir and self.num_render > 0 and jax.process_index() == 0:
+            try:
+                self.render(step, params, preds)
+            except Exception as e:  # a plotting failure must not kill training
+                log.warning("sample rendering failed at step %d: %s", step, e)
+        return out
+
+    def _aref_predictions(self, params) -> list[np.ndarray | None]:
+        preds: list[np.ndarray | None] = []
+        max_len = self.lengths["aref"]
+        for s in range(0, self.num_examples, self.batch_size):
+            prompts = self.aref_prompts[s : s + self.batch_size]
+            texts = self.generate(
+                params, self.data["image"][s : s + self.batch_size], prompts, max_len
+            )
+            for prompt, text in zip(prompts, texts):
+                preds.append(self.codec.decode(text) if prompt is not None else None)
+        return preds
+
+    # ---------------------------------------------------------------- render
+    def render(self, step: int, params, aref_preds: Sequence[np.ndarray | None] = ()) -> str:
+        """Draws captions, GCap outputs and ARef boxes of the first examples; returns the path."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib import patches
+
+        k = min(self.num_render, self.num_examples)
+        images = self.data["image"][:k]
+        captions = self.generate(params, images, [None] * k, self.caption_len)
+        gcap_prompts, gcap_boxes = [], []
+        for ids in self.data["gcap_decoder_target_tokens"][:k]:
+            parsed = split_gcap(self.vocab.decode(_strip_eos(ids)))
+            box = self.codec.decode(parsed[0]) if parsed else None
+            gcap_prompts.append(parsed[0] if box is not None else None)
+            gcap_boxes.append(box)
+        gcaps = self.generate(params, images, gcap_prompts, self.lengths["gcap"])
+
+        cols = min(4, k)
+        rows = (k + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4.6 * rows), squeeze=False)
+        size = images.shape[1]
+
+        def draw(ax, box, colour, style="-", label=None):
+            y0, x0, y1, x1 = np.asarray(box) * size
+            ax.add_patch(
+                patches.Rectangle(
+                    (x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=colour, lw=2, ls=style
+                )
+            )
+            if label:
+                ax.text(x0, y0 - 1, label, color=colour, fontsize=7, va="bottom", clip_on=True)
+
+        for i in range(rows * cols):
+            ax = axes[i // cols][i % cols]
+            ax.axis("off")
+            if i >= k:
+                continue
+            ax.imshow(images[i], interpolation="nearest")
+            if gcap_boxes[i] is not None:
+                draw(ax, gcap_boxes[i], "deepskyblue", label=f"GCap: {gcaps[i]}"[:40])
+            if self.aref_eval and i < len(aref_preds):
+                if self.aref_gt[i] is not None:
+                    draw(ax, self.aref_gt[i], "lime")
+                if aref_preds[i] is not None:
+                    draw(ax, aref_preds[i], "red", "--")
+            ref = (self.aref_prompts[i] or "")[len("ARef : ") : -2]
+            title = f"Cap: {captions[i]}"
+            if self.aref_eval:
+                title += f"\nARef: {ref}"
+            ax.set_title(_wrap(title, 48), fontsize=7)
+        fig.suptitle(
+            f"step {step}: GCap box+text (blue), ARef gt (green) / pred (red dashed)", fontsize=9
+        )
+        fig.tight_layout()
+        out_dir = os.path.join(self.model_dir, "samples")
+        os.makedirs(out_dir, exist_ok=True)
+        path = os.path.join(out_dir, f"step_{int(step):06d}.png")
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        return path
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)[:4])
