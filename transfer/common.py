@@ -544,6 +544,20 @@ def train_batches(
     return batches
 
 
+def check_vocabulary(bundle: ModelBundle, name: str) -> None:
+    """The model's vocabulary must cover every task's token ids."""
+    model_vocab = bundle.lm.config.vocab_size
+    for task in subtasks(name):
+        for feat in ("inputs", "targets"):
+            v = task.output_features[feat].vocabulary
+            if v.vocab_size > model_vocab:
+                raise ValueError(
+                    f"task {task.name}: feature {feat!r} uses a vocabulary of {v.vocab_size} ids "
+                    f"but the language model has vocab_size={model_vocab}; set "
+                    f"T5Config.vocab_size >= {v.vocab_size} (e.g. {-(-v.vocab_size // 128) * 128})"
+                )
+
+
 def decode_tokens(vocab, tokens: np.ndarray, eos_id: int = 1) -> list[str]:
     """[B, T] token ids -> strings, cut at the first EOS (0 = padding skipped)."""
     out = []

@@ -342,6 +342,7 @@ def evaluate(
     """
     common.set_data_dir(data_dir)
     bundle = model
+    common.check_vocabulary(bundle, mixture_or_task_name)
     ckpt_is_step = os.path.basename(os.path.normpath(checkpoint_path)).isdigit()
     if ckpt_is_step:
         todo = [None]

@@ -173,6 +173,7 @@ def infer(
 
     if not mixture_or_task_name:
         raise ValueError("give a task (MIXTURE_OR_TASK_NAME) or --image and --prompt")
+    common.check_vocabulary(bundle, mixture_or_task_name)
     evaluator = InferenceEvaluator(
         bundle,
         mixture_or_task_name,

@@ -95,6 +95,7 @@ def train(
     common.set_data_dir(data_dir)
     common.write_gin_config(model_dir)
     bundle = model
+    common.check_vocabulary(bundle, mixture_or_task_name)
     _write_model_info(model_dir, bundle)
     trainable, frozen, t_axes, f_axes = common.initial_params(bundle, seed=seed)
     if optimizer is None:

@@ -1,0 +1,510 @@
+r"""Encoder-swap experiments: every encoder x every task, one table.
+
+    python -m transfer.experiment --gin_file=gin/experiments/encoder_swap.gin \
+        [--gin.MODEL_DIR="'runs/experiments/encoder_swap'"]
+
+For each encoder (one ``gin/encoders/*.gin`` file) and each task the runner
+fine-tunes and evaluates with the transfer jobs themselves
+(``transfer.train.train`` then ``transfer.eval.evaluate``, configured by the
+same gin files a single ``python -m transfer.train`` run takes), and writes
+one table -- rows = encoders, columns = each task's metric, the layout of the
+paper's transfer table -- as ``table.md``, ``table.csv``, ``table.json`` and
+``table.png`` (bar chart) under the experiment directory.
+
+Modes (``run_experiment.mode``):
+  * ``"per_task"``: one fine-tune per (encoder, task).
+  * ``"multitask"``: one fine-tune per encoder over the mixture of the tasks
+    (PaLI's first transfer stage; ``mixture`` names a registered one, else a
+    mixture of the listed tasks with equal rates is registered), then an
+    evaluation of that checkpoint on each task.
+
+A task entry ``"rec_protocol:<task>"`` runs the paper's frozen-encoder REC
+protocol instead (``transfer.rec_protocol``: a decoder trained from scratch
+on the frozen encoder's un-pooled tokens), configured by ``rec_gin_files``.
+
+Cells and resumption: when a cell (one encoder x one task) has finished, its
+metrics go to ``cells/<encoder>__<task>.json`` (temp file + rename). Running
+the same command again skips recorded cells and fills in the missing ones;
+an interrupted fine-tune also resumes from its own checkpoints
+(``runs/<encoder>/<task>``). A cell recorded under a different configuration
+(its gin files' text and bindings are fingerprinted) is stale: its run
+directory is removed and the cell is recomputed.
+
+Gin: the experiment's own gin file binds ``run_experiment``; each cell is
+configured afresh (``gin.clear_config()``, then ``base_gin_files`` + the
+encoder file [+ the task file] + ``eval_gin_files`` + bindings), so the gin
+state of the process belongs to the last cell afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import re
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from transfer import common
+from transfer import report as report_lib
+
+log = logging.getLogger("transfer.experiment")
+
+REC_PREFIX = "rec_protocol:"
+CELLS_DIR = "cells"
+RUNS_DIR = "runs"
+
+
+# ---------------------------------------------------------------------------
+# Cells on disk.
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+def encoder_label(encoder_gin: str) -> str:
+    """``encoders/locca_tiny.gin`` -> ``locca_tiny`` (the table's row name)."""
+    return pathlib.Path(encoder_gin).name.removesuffix(".gin")
+
+
+def task_name(task: str) -> str:
+    """Column/task key of a task entry (a gin file's stem for ``*.gin`` entries)."""
+    if task.endswith(".gin"):
+        return pathlib.Path(task).name.removesuffix(".gin")
+    return task
+
+
+def cell_path(experiment_dir: str, encoder: str, task: str) -> str:
+    return os.path.join(experiment_dir, CELLS_DIR, f"{_safe(encoder)}__{_safe(task)}.json")
+
+
+def read_cell(path: str) -> dict | None:
+    """A recorded cell, or None (missing or unreadable: recomputed)."""
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("cell %s is unreadable (%s); it will be recomputed", path, e)
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict):
+        log.warning("cell %s lacks 'metrics'; it will be recomputed", path)
+        return None
+    return rec
+
+
+def write_cell(path: str, record: Mapping) -> None:
+    report_lib.atomic_write(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def _find_gin(path: str, search: Sequence[str]) -> str | None:
+    if os.path.isabs(path) and os.path.exists(path):
+        return path
+    for d in [*search, *common.DEFAULT_GIN_SEARCH_PATHS]:
+        cand = os.path.join(d, path)
+        if os.path.exists(cand):
+            return cand
+    return None
+
+
+def fingerprint(gin_files: Sequence[str], bindings: Sequence[str], search=()) -> str:
+    """sha256 over the gin files' text (as found on the search path) and bindings."""
+    h = hashlib.sha256()
+    for f in gin_files:
+        found = _find_gin(f, search)
+        h.update(f.encode())
+        if found:
+            h.update(pathlib.Path(found).read_bytes())
+    for b in bindings:
+        h.update(b"\0" + b.encode())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------
+# Gin per cell.
+
+
+def register_configurables() -> None:
+    """The transfer jobs plus ``run_experiment`` and ``rec_protocol`` (idempotent)."""
+    common.register_configurables()
+    from transfer import rec_protocol
+
+    common._register(run_experiment, "run_experiment", "transfer")
+    common._register(rec_protocol.rec_protocol, "rec_protocol", "transfer")
+
+
+def _configure(gin_files: Sequence[str], bindings: Sequence[str], search: Sequence[str]) -> None:
+    import gin
+
+    register_configurables()
+    with gin.unlock_config():
+        gin.clear_config()
+    resolved = []
+    for f in gin_files:
+        found = _find_gin(f, search)
+        if found is None:
+            raise FileNotFoundError(f"gin file {f!r} not found (searched {search} and gin/)")
+        resolved.append(found)
+    common.parse_gin(resolved, bindings, search)
+
+
+def _q(value: Any) -> str:
+    """A Python value as a gin literal."""
+    if isinstance(value, str):
+        return repr(value)
+    return repr(value)
+
+
+# ---------------------------------------------------------------------------
+# The runner.
+
+
+def _split_metrics(metrics: Mapping[str, float], task: str) -> dict[str, float]:
+    """``{"task/metric": v}`` of an evaluation -> ``{"metric": v}`` for ``task``."""
+    p = task + "/"
+    return {k[len(p) :]: float(v) for k, v in metrics.items() if k.startswith(p)}
+
+
+def _ensure_mixture(tasks: Sequence[str]) -> str:
+    """Registers (idempotently) an equal-rate mixture of ``tasks``; returns its name."""
+    from tasks import registry
+
+    common.get_task(tasks[0])  # imports and registers every task
+    digest = hashlib.sha1(",".join(tasks).encode()).hexdigest()[:8]
+    name = f"experiment_mix_{digest}"
+    registry.add_mixture(name, list(tasks))
+    return name
+
+
+def _eval_result(res: Mapping[int, Mapping[str, float]]) -> tuple[int, dict]:
+    if not res:
+        raise RuntimeError("evaluation returned no checkpoint results")
+    step = max(res)
+    return step, dict(res[step])
+
+
+def run_experiment(
+    *,
+    experiment_dir: str,
+    encoders: Sequence[str],
+    tasks: Sequence[str],
+    mode: str = "per_task",
+    mixture: str | None = None,
+    base_gin_files: Sequence[str] = ("runs/finetune.gin", "models/t5_tiny.gin"),
+    eval_gin_files: Sequence[str] = ("experiments/cell_eval.gin",),
+    rec_gin_files: Sequence[str] = ("experiments/rec_protocol.gin",),
+    bindings: Sequence[str] = (),
+    encoder_bindings: Mapping[str, Sequence[str]] | None = None,
+    task_bindings: Mapping[str, Sequence[str]] | None = None,
+    rec_bindings: Sequence[str] = (),
+    columns: Sequence[Mapping | Sequence] | None = None,
+    title: str = "Encoder swap",
+    gin_search_paths: Sequence[str] = (),
+    on_cell: Callable[[dict], None] | None = None,
+) -> dict:
+    """Runs the missing cells of the grid and writes the table.
+
+    Args:
+      experiment_dir: cells, runs and tables go here.
+      encoders: encoder gin files (``encoders/locca_tiny.gin``); the row name
+        is the file's stem.
+      tasks: seqio task/mixture names, task gin files (``*.gin``, which bind
+        ``MIXTURE_OR_TASK_NAME``; per_task mode only), or
+        ``rec_protocol:<task>`` entries.
+      mode: ``"per_task"`` or ``"multitask"`` (see the module docstring).
+      mixture: multitask mode: train on this registered mixture instead of
+        the equal-rate mixture of ``tasks``.
+      base_gin_files: the fine-tuning job's files (run + language model).
+      eval_gin_files: bind ``transfer.evaluate`` for a cell (after training).
+      rec_gin_files: bind ``transfer.rec_protocol`` for REC-protocol cells.
+      bindings: gin bindings for every fine-tuning cell (``TRAIN_STEPS = 100``).
+      encoder_bindings: ``{encoder row name: [bindings]}`` (e.g. a checkpoint).
+      task_bindings: ``{task entry: [bindings]}`` (per_task mode and REC).
+      rec_bindings: gin bindings for every REC-protocol cell.
+      columns: table columns as dicts or ``[task, metric, label, scale]``
+        lists; default: each task's headline metrics
+        (``report.METRIC_LABELS``).
+      title: the table's title.
+      gin_search_paths: extra folders searched for gin files.
+      on_cell: called with each newly recorded cell (progress hooks, tests).
+
+    Returns:
+      ``{"table": table dict, "trained": [(encoder, task)...] computed now,
+      "skipped": [...] found recorded, "paths": {...}}``.
+    """
+    if mode not in ("per_task", "multitask"):
+        raise ValueError(f"mode must be 'per_task' or 'multitask', got {mode!r}")
+    if not encoders or not tasks:
+        raise ValueError("an experiment needs at least one encoder and one task")
+    encoder_bindings = dict(encoder_bindings or {})
+    task_bindings = dict(task_bindings or {})
+    search = list(gin_search_paths)
+    for e in encoders:
+        if _find_gin(e, search) is None:
+            raise FileNotFoundError(f"encoder gin file {e!r} not found (search path {search})")
+    labels = [encoder_label(e) for e in encoders]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"encoder gin files must have distinct names, got {labels}")
+    unknown = set(encoder_bindings) - set(labels)
+    if unknown:
+        raise ValueError(f"encoder_bindings for unknown encoders {sorted(unknown)}; have {labels}")
+    rec_tasks = [t for t in tasks if t.startswith(REC_PREFIX)]
+    ft_tasks = [t for t in tasks if not t.startswith(REC_PREFIX)]
+    if mode == "multitask" and any(t.endswith(".gin") for t in ft_tasks):
+        raise ValueError("multitask mode needs task names, not task gin files")
+    os.makedirs(experiment_dir, exist_ok=True)
+
+    cells: dict[tuple[str, str], dict] = {}
+    trained, skipped = [], []
+    n_total = len(labels) * len(tasks)
+
+    def record(label, task, metrics, extra):
+        rec = {"encoder": label, "task": task, "metrics": metrics, **extra}
+        write_cell(cell_path(experiment_dir, label, task), rec)
+        cells[(label, task_name(task))] = rec
+        trained.append((label, task_name(task)))
+        print(
+            f"[experiment] recorded {label} x {task_name(task)} "
+            f"({len(cells)}/{n_total}): {_short(metrics)}",
+            flush=True,
+        )
+        _write_outputs(experiment_dir, title, labels, tasks, columns, cells)
+        if on_cell is not None:
+            on_cell(rec)
+
+    def lookup(label, task, fp):
+        rec = read_cell(cell_path(experiment_dir, label, task))
+        if rec is None:
+            return None
+        if rec.get("fingerprint") != fp:
+            print(f"[experiment] {label} x {task}: configuration changed; recomputing", flush=True)
+            return None
+        return rec
+
+    for e_file, label in zip(encoders, labels):
+        enc_b = list(encoder_bindings.get(label, ()))
+        # --- fine-tuning cells.
+        if ft_tasks:
+            if mode == "per_task":
+                groups = [[t] for t in ft_tasks]
+            else:
+                groups = [ft_tasks]
+            for group in groups:
+                if mode == "per_task":
+                    t = group[0]
+                    run_name = _safe(task_name(t))
+                    files = [*base_gin_files, e_file]
+                    if t.endswith(".gin"):
+                        files.append(t)
+                        cell_b = []
+                    else:
+                        cell_b = [f"MIXTURE_OR_TASK_NAME = {_q(t)}"]
+                    extra_b = list(task_bindings.get(t, ()))
+                    eval_name = None
+                else:
+                    train_name = mixture or _ensure_mixture(ft_tasks)
+                    eval_name = _ensure_mixture(ft_tasks)
+                    run_name = "multitask_" + _safe(train_name)
+                    files = [*base_gin_files, e_file]
+                    cell_b = [f"MIXTURE_OR_TASK_NAME = {_q(train_name)}"]
+                    extra_b = []
+                model_dir = os.path.join(experiment_dir, RUNS_DIR, _safe(label), run_name)
+                files = [*files, *eval_gin_files]
+                all_b = [
+                    f"MODEL_DIR = {_q(model_dir)}",
+                    *cell_b,
+                    "EVAL_EVERY = 0",
+                    *bindings,
+                    *enc_b,
+                    *extra_b,
+                ]
+                if eval_name:
+                    all_b.append(f"transfer.evaluate.mixture_or_task_name = {_q(eval_name)}")
+                fp = fingerprint(files, all_b, search)
+                have = {t: lookup(label, task_name(t), fp) for t in group}
+                for t, rec in have.items():
+                    if rec is not None:
+                        cells[(label, task_name(t))] = rec
+                        skipped.append((label, task_name(t)))
+                if all(rec is not None for rec in have.values()):
+                    continue
+                _maybe_clear_stale(model_dir, fp)
+                print(
+                    f"[experiment] fine-tune {label} on {', '.join(task_name(t) for t in group)} "
+                    f"({mode}) -> {model_dir}",
+                    flush=True,
+                )
+                t0 = time.time()
+                _configure(files, all_b, search)
+                _write_fingerprint(model_dir, fp)
+                import gin
+
+                gin.get_configurable("transfer.train")()
+                t_train = time.time() - t0
+                step, metrics = _eval_result(gin.get_configurable("transfer.evaluate")())
+                wall = time.time() - t0
+                for t in group:
+                    if have[t] is not None:
+                        continue
+                    seqio_name = gin.query_parameter("%MIXTURE_OR_TASK_NAME")
+                    key = t if mode == "multitask" else seqio_name
+                    m = _split_metrics(metrics, key)
+                    if not m:
+                        raise RuntimeError(
+                            f"evaluation of {model_dir} returned no metrics for task {key!r}; "
+                            f"got {sorted(metrics)}"
+                        )
+                    record(
+                        label,
+                        task_name(t),
+                        m,
+                        dict(
+                            fingerprint=fp,
+                            mode=mode,
+                            model_dir=model_dir,
+                            step=step,
+                            train_seconds=round(t_train, 2),
+                            wall_seconds=round(wall, 2),
+                            seqio_task=key,
+                            predictions=_predictions_path(model_dir, key, step),
+                        ),
+                    )
+        # --- frozen-encoder REC protocol cells.
+        for t in rec_tasks:
+            rec_task = t[len(REC_PREFIX) :]
+            model_dir = os.path.join(experiment_dir, RUNS_DIR, _safe(label), _safe(t))
+            files = [*rec_gin_files, e_file]
+            all_b = [
+                f"MODEL_DIR = {_q(model_dir)}",
+                f"REC_TASK = {_q(rec_task)}",
+                *rec_bindings,
+                *enc_b,
+                *task_bindings.get(t, ()),
+            ]
+            fp = fingerprint(files, all_b, search)
+            rec = lookup(label, t, fp)
+            if rec is not None:
+                cells[(label, t)] = rec
+                skipped.append((label, t))
+                continue
+            _maybe_clear_stale(model_dir, fp)
+            print(f"[experiment] REC protocol {label} on {rec_task} -> {model_dir}", flush=True)
+            t0 = time.time()
+            _configure(files, all_b, search)
+            _write_fingerprint(model_dir, fp)
+            import gin
+
+            out = gin.get_configurable("transfer.rec_protocol")()
+            record(
+                label,
+                t,
+                dict(out["metrics"]),
+                dict(
+                    fingerprint=fp,
+                    mode="rec_protocol",
+                    model_dir=model_dir,
+                    step=out["step"],
+                    wall_seconds=round(time.time() - t0, 2),
+                    seqio_task=rec_task,
+                    predictions=out.get("predictions", {}),
+                ),
+            )
+
+    paths = _write_outputs(experiment_dir, title, labels, tasks, columns, cells)
+    table = json.loads(pathlib.Path(paths["json"]).read_text())
+    print(f"[experiment] table: {paths['md']}", flush=True)
+    return {"table": table, "trained": trained, "skipped": skipped, "paths": paths}
+
+
+def _short(metrics: Mapping[str, float]) -> str:
+    keep = [(k, v) for k, v in metrics.items() if k.rsplit("/", 1)[-1] in report_lib.METRIC_LABELS]
+    return ", ".join(f"{k}={v:.4g}" for k, v in keep)
+
+
+def _predictions_path(model_dir: str, task: str, step: int) -> str | None:
+    import glob
+
+    hits = glob.glob(os.path.join(model_dir, "eval_*", "predictions", f"{task}_{step}.jsonl"))
+    return sorted(hits)[0] if hits else None
+
+
+def _write_fingerprint(model_dir: str, fp: str) -> None:
+    os.makedirs(model_dir, exist_ok=True)
+    report_lib.atomic_write(os.path.join(model_dir, "experiment_fingerprint"), fp + "\n")
+
+
+def _maybe_clear_stale(model_dir: str, fp: str) -> None:
+    """Removes a run directory trained under another configuration."""
+    f = os.path.join(model_dir, "experiment_fingerprint")
+    if os.path.exists(f) and pathlib.Path(f).read_text().strip() != fp:
+        print(f"[experiment] {model_dir} was trained with another config; removing", flush=True)
+        shutil.rmtree(model_dir)
+
+
+def table_columns(
+    tasks: Sequence[str],
+    columns: Sequence[Mapping | Sequence] | None,
+    cells: Mapping[tuple[str, str], Mapping],
+) -> list[dict]:
+    """Explicit columns, or each task's headline metrics in task order."""
+    if columns:
+        out = []
+        for c in columns:
+            if isinstance(c, Mapping):
+                d = dict(c)
+            else:
+                c = list(c)
+                d = dict(task=c[0], metric=c[1], label=c[2], scale=c[3] if len(c) > 3 else 1.0)
+            d.setdefault("key", f"{d['task']}/{d['metric']}")
+            d.setdefault("label", d["key"])
+            d.setdefault("scale", 1.0)
+            out.append(d)
+        return out
+    out = []
+    for t in tasks:
+        t = task_name(t)
+        metrics = next((c["metrics"] for (e, tt), c in cells.items() if tt == t), None)
+        if metrics is None:  # not run yet: the task's column(s) appear once a cell exists
+            continue
+        out.extend(report_lib.default_columns(t, metrics))
+    return out
+
+
+def _write_outputs(experiment_dir, title, labels, tasks, columns, cells) -> dict[str, str]:
+    cols = table_columns(tasks, columns, cells)
+    metrics = {k: v["metrics"] for k, v in cells.items()}
+    table = report_lib.make_table(title, labels, cols, metrics)
+    paths = report_lib.write_table(table, os.path.join(experiment_dir, "table"))
+    paths["png"] = report_lib.write_bar_chart(table, os.path.join(experiment_dir, "table.png"))
+    return paths
+
+
+def main(argv):
+    del argv
+    import gin
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    gin.get_configurable("transfer.run_experiment")()
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    common.define_gin_flags()
+    register_configurables()
+
+    def _parser(argv):
+        return flags.FLAGS(common.rewrite_gin_args(argv))
+
+    def _wrapped(argv):
+        f = flags.FLAGS
+        common.parse_gin(f.gin_file, f.gin_bindings, f.gin_search_paths)
+        return main(argv)
+
+    app.run(_wrapped, flags_parser=_parser)

@@ -1,0 +1,456 @@
+"""The paper's frozen-encoder REC protocol (comparing encoders on localisation).
+
+Freeze the vision encoder, train a decoder **from scratch** (6 layers in the
+paper; width / heads / MLP default to the encoder's) that cross-attends to
+the encoder's **un-pooled** tokens (``out["encoded"]``, after its final
+LayerNorm), on the RefCOCO mix (``refcoco_all``) or ``shapes_refexp``, and
+report Acc@0.5 per evaluation split.
+
+The decoder is the captioning decoder (``locca.models.decoder.Decoder``); the
+loop is the one trainer (``locca.training.trainer.train``) with the encoder in
+its frozen tree (no gradients, no optimiser state, not checkpointed).
+
+Sequence layout. The task's prompt (``inputs``, e.g. ``locate en {expr}``,
+ending with EOS) is teacher-forced as a decoder prefix and the box text
+(``targets``) follows it::
+
+    sequence  = prompt tokens (incl. its EOS) ++ box tokens (incl. EOS), 0-padded
+    decoder input = [0] ++ sequence[:-1]      (BOS = 0, T5 convention)
+    loss weight   = 1 on the box tokens only
+
+At evaluation the prompt is forced through ``locca.decoding.greedy(prefix=)``
+and the tokens after it are decoded, parsed by the task's postprocessor
+(the box codec) and scored by the task's metric (Acc@0.5, mean IoU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from locca.models import decoder as decoder_lib
+from transfer import common
+
+log = logging.getLogger("transfer.rec_protocol")
+
+
+# ---------------------------------------------------------------------------
+# Batches.
+
+
+def pack_prompt_and_target(
+    inputs: np.ndarray, targets: np.ndarray, max_len: int
+) -> dict[str, np.ndarray]:
+    """Task tokens -> decoder features (see the module docstring).
+
+    Args:
+      inputs: [B, Li] prompt tokens (EOS-terminated, 0-padded).
+      targets: [B, Lt] box tokens (EOS-terminated, 0-padded).
+      max_len: sequence length (>= Li + Lt keeps everything).
+
+    Returns:
+      ``decoder_input_tokens``, ``decoder_target_tokens``,
+      ``decoder_loss_weights`` [B, max_len] int32, ``prompt_length`` [B].
+    """
+    inputs, targets = np.asarray(inputs), np.asarray(targets)
+    b = inputs.shape[0]
+    seq = np.zeros((b, max_len), np.int32)
+    w = np.zeros((b, max_len), np.int32)
+    plen = np.zeros((b,), np.int32)
+    for i in range(b):
+        p = inputs[i][inputs[i] != 0]
+        t = targets[i][targets[i] != 0]
+        n_p = min(len(p), max_len)
+        n_t = min(len(t), max_len - n_p)
+        seq[i, :n_p] = p[:n_p]
+        seq[i, n_p : n_p + n_t] = t[:n_t]
+        w[i, n_p : n_p + n_t] = 1
+        plen[i] = n_p
+    dec_in = np.concatenate([np.zeros((b, 1), np.int32), seq[:, :-1]], axis=1)
+    return {
+        "decoder_input_tokens": dec_in,
+        "decoder_target_tokens": seq,
+        "decoder_loss_weights": w,
+        "prompt_length": plen,
+    }
+
+
+def _rec_batches(base_batches, max_len: int):
+    def batches(start_step: int):
+        for b in base_batches(start_step):
+            packed = pack_prompt_and_target(
+                b["encoder_input_tokens"], b["decoder_target_tokens"], max_len
+            )
+            packed.pop("prompt_length")
+            yield {"image": b["image"], **packed}
+
+    return batches
+
+
+# ---------------------------------------------------------------------------
+# Model pieces.
+
+
+def build_decoder(
+    encoder_config: Mapping[str, Any],
+    *,
+    vocab_size: int,
+    max_len: int,
+    depth: int = 6,
+    width: int | None = None,
+    num_heads: int | None = None,
+    mlp_dim: int | None = None,
+    dropout: float = 0.0,
+) -> decoder_lib.Decoder:
+    """The REC decoder: ``depth`` layers, other sizes default to the encoder's."""
+    cfg = decoder_lib.default_decoder_config(_encoder_sizes(encoder_config))
+    cfg["depth"] = int(depth)
+    if width is not None:
+        cfg["width"] = int(width)
+    if num_heads is not None:
+        cfg["num_heads"] = int(num_heads)
+    if mlp_dim is not None:
+        cfg["mlp_dim"] = int(mlp_dim)
+    return decoder_lib.Decoder(
+        vocab_size=int(vocab_size), max_len=int(max_len), dropout=dropout, **cfg
+    )
+
+
+def _encoder_sizes(cfg: Mapping[str, Any]) -> dict:
+    cfg = dict(cfg)
+    if cfg.get("variant"):
+        from locca.models import vit
+
+        cfg = {**vit.decode_variant(cfg["variant"]), **cfg}
+    return cfg
+
+
+def build_encoder(vit_config: Mapping[str, Any]):
+    from locca.models import vit
+
+    cfg = dict(vit_config)
+    cfg["num_classes"] = None
+    return vit.Model(**cfg)
+
+
+def encoder_params(spec: common.EncoderSpec, seed: int = 0) -> dict:
+    """Initialises the encoder at the spec's resolution, then loads its npz."""
+    enc = build_encoder(spec.vit_config)
+    res = spec.resolution
+    init = jax.jit(lambda r: enc.init(r, jnp.zeros((1, res, res, 3), jnp.float32)))(
+        jax.random.PRNGKey(seed)
+    )["params"]
+    import flax.linen as nn
+
+    init = nn.unbox(init)
+    if spec.checkpoint:
+        from checkpoints import bv_npz
+
+        init = bv_npz.load_vit_params(init, spec.checkpoint, dict(spec.vit_config))
+    else:
+        log.warning("REC protocol: encoder %s has no checkpoint (random encoder)", spec.name)
+    return jax.tree.map(lambda x: np.asarray(x, np.float32), init)
+
+
+def make_encode_fn(spec: common.EncoderSpec):
+    """``(frozen, image uint8 [B, H, W, 3]) -> tokens [B, N, D]`` (no gradient)."""
+    enc = build_encoder(spec.vit_config)
+    prep = spec.preprocessing
+
+    def encode(frozen, image):
+        x = prep(image)  # [B, S, S, 3] float, normalised as the encoder was trained
+        _, out = enc.apply({"params": frozen["encoder"]}, x, train=False)
+        return jax.lax.stop_gradient(out["encoded"])  # [B, N, D] un-pooled
+
+    return encode
+
+
+def make_loss_fn(spec: common.EncoderSpec, decoder: decoder_lib.Decoder):
+    """Trainer ``loss_fn(params, frozen, batch, rng)``: token cross-entropy on the box."""
+    encode = make_encode_fn(spec)
+
+    def loss_fn(params, frozen, batch, rng):
+        encoded = encode(frozen, batch["image"])  # [B, N, D]
+        logits = decoder.apply(
+            {"params": params["decoder"]},
+            encoded,
+            batch["decoder_input_tokens"],
+            train=True,
+            rngs={"dropout": rng},
+        )  # [B, L, V]
+        targets = batch["decoder_target_tokens"]
+        w = batch["decoder_loss_weights"].astype(jnp.float32)
+        logp = jax.nn.log_softmax(logits)
+        nll = -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]  # [B, L]
+        denom = jnp.maximum(w.sum(), 1.0)
+        correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+        return (nll * w).sum() / denom, {"token_accuracy": (correct * w).sum() / denom}
+
+    return loss_fn
+
+
+def make_predict_fn(spec: common.EncoderSpec, decoder: decoder_lib.Decoder, max_len: int):
+    """jit ``(params, frozen, image, prefix [B, P]) -> tokens [B, max_len]`` (greedy)."""
+    from locca import decoding
+
+    encode = make_encode_fn(spec)
+
+    @jax.jit
+    def predict(params, frozen, image, prefix):
+        encoded = encode(frozen, image)
+        cache = decoder_lib.init_cache(decoder, params["decoder"], encoded, max_len)
+        step = decoder_lib.make_tokens_to_logits(decoder, params["decoder"])
+        return decoding.greedy(
+            step, cache, batch_size=image.shape[0], max_len=max_len, eos_id=1, prefix=prefix
+        )
+
+    return predict
+
+
+# ---------------------------------------------------------------------------
+# Evaluation.
+
+
+def _parse_eval(entries: Sequence[str], task: str) -> list[tuple[str, str]]:
+    out = []
+    for e in entries:
+        t, s = e.split(":", 1) if ":" in e else (task, e)
+        out.append((t, s))
+    return out
+
+
+def evaluate(
+    spec: common.EncoderSpec,
+    decoder: decoder_lib.Decoder,
+    params,
+    frozen,
+    *,
+    task: str,
+    split: str,
+    task_feature_lengths: Mapping[str, int],
+    batch_size: int = 100,
+    num_examples: int | None = None,
+    predictions_path: str | None = None,
+) -> tuple[dict[str, float], list[dict]]:
+    """Greedy-decodes the boxes of one split; -> (metrics, prediction records)."""
+    from transfer.eval import _jsonable, _TaskData, write_jsonl
+
+    data = _TaskData(
+        common.get_task(task),
+        split=split,
+        task_feature_lengths=task_feature_lengths,
+        image_size=spec.resolution,
+        num_examples=num_examples,
+    )
+    n = len(data)
+    if not n:
+        raise ValueError(f"REC protocol: {task}/{split} has no examples")
+    max_len = decoder.max_len
+    predict = make_predict_fn(spec, decoder, max_len)
+    vocab = data.task.output_features["targets"].vocabulary
+    texts, prompts = [], []
+    for start in range(0, n, batch_size):
+        idx = np.minimum(np.arange(start, start + batch_size), n - 1)
+        prompt = data.features["encoder_input_tokens"][idx]  # [B, Li]
+        plen = (prompt != 0).sum(axis=1)
+        prefix = np.zeros((len(idx), max_len), np.int32)
+        prefix[:, : prompt.shape[1]] = prompt[:, :max_len]
+        tokens = np.asarray(predict(params, frozen, data.features["image"][idx], prefix))
+        for row, p in list(zip(tokens, plen))[: min(batch_size, n - start)]:
+            texts.append(common.decode_tokens(vocab, row[p:][None])[0])
+            prompts.append(int(p))
+    preds = [
+        data.task.postprocess_fn(t, example=ex, is_target=False)
+        for t, ex in zip(texts, data.examples)
+    ]
+    metrics: dict[str, float] = {}
+    for fn in data.task.predict_metric_fns:
+        metrics.update({k: float(v) for k, v in fn(data.targets, preds).items()})
+    records = [
+        {
+            "index": i,
+            "inputs": ex.get("inputs_pretokenized", b"").decode("utf-8"),
+            "prediction": text,
+            "postprocessed": _jsonable(pred),
+            "target": _jsonable(tgt),
+        }
+        for i, (text, pred, tgt, ex) in enumerate(zip(texts, preds, data.targets, data.examples))
+    ]
+    if predictions_path:
+        write_jsonl(predictions_path, records)
+    return metrics, records
+
+
+# ---------------------------------------------------------------------------
+# The job.
+
+
+def rec_protocol(
+    *,
+    model_dir: str,
+    encoder: common.EncoderSpec,
+    task: str = "refcoco_all",
+    eval: Sequence[str] = ("validation",),
+    task_feature_lengths: Mapping[str, int] = (("inputs", 32), ("targets", 16)),
+    train_steps: int = 20000,
+    batch_size: int = 256,
+    depth: int = 6,
+    width: int | None = None,
+    num_heads: int | None = None,
+    mlp_dim: int | None = None,
+    dropout: float = 0.0,
+    learning_rate: float = 1e-3,
+    warmup_steps: int = 1000,
+    weight_decay: float = 1e-4,
+    schedule: str = "cosine",
+    eval_batch_size: int = 256,
+    num_eval_examples: int | None = None,
+    checkpoint_every: int | None = 1000,
+    log_every: int = 100,
+    data_dir: str | None = None,
+    seed: int = 0,
+    data_seed: int = 0,
+    progress: bool = True,
+    tensorboard: bool = False,
+) -> dict:
+    """Trains the REC decoder on ``task`` with ``encoder`` frozen; evaluates.
+
+    Args:
+      model_dir: checkpoints (decoder only), metrics.jsonl, predictions.
+      encoder: a ``transfer.encoder(...)`` spec (gin: ``@transfer.encoder()``).
+      task: training task or mixture (``refcoco_all``, ``shapes_refexp``).
+      eval: evaluation entries ``"split"`` (of ``task``) or ``"task:split"``.
+      task_feature_lengths: ``{"inputs": prompt tokens, "targets": box tokens}``.
+      depth / width / num_heads / mlp_dim: decoder sizes (None: the
+        encoder's width, heads and MLP).
+      learning_rate, warmup_steps, weight_decay, schedule: AdamW
+        (``locca.training.optimizers.make_optimizer``).
+
+    Returns:
+      ``{"metrics": {"{task}/{split}/acc@0.5": %, ".../mean_iou": ..., ...},
+      "step": int, "predictions": {entry: path}, "frozen": frozen tree,
+      "params": trained decoder tree}``.
+    """
+    from locca.training import optimizers
+    from locca.training.trainer import train as trainer_train
+
+    common.set_data_dir(data_dir)
+    lengths = dict(task_feature_lengths)
+    max_len = int(lengths["inputs"]) + int(lengths["targets"])
+    t_obj = common.subtasks(task)[0]
+    vocab_size = t_obj.output_features["targets"].vocabulary.vocab_size
+    decoder = build_decoder(
+        encoder.vit_config,
+        vocab_size=vocab_size,
+        max_len=max_len,
+        depth=depth,
+        width=width,
+        num_heads=num_heads,
+        mlp_dim=mlp_dim,
+        dropout=dropout,
+    )
+    frozen = {"encoder": encoder_params(encoder, seed=seed)}
+    n_tok = (encoder.resolution // int(_patch(encoder.vit_config))) ** 2
+    d_enc = int(_encoder_sizes(encoder.vit_config)["width"])
+    dec_init = decoder.init(
+        jax.random.PRNGKey(seed + 1),
+        jnp.zeros((1, n_tok, d_enc), jnp.float32),
+        jnp.zeros((1, max_len), jnp.int32),
+    )["params"]
+    init = {"decoder": dec_init}  # boxed: the trainer reads the logical axes
+    optimizer = optimizers.make_optimizer(
+        "adamw",
+        lr=learning_rate,
+        warmup_steps=min(warmup_steps, max(1, train_steps // 10)),
+        total_steps=train_steps,
+        schedule=schedule,
+        weight_decay=weight_decay,
+        clip_norm=1.0,
+    )
+    base = common.train_batches(
+        task,
+        task_feature_lengths=lengths,
+        image_size=encoder.resolution,
+        batch_size=batch_size,
+        seed=data_seed,
+    )
+    os.makedirs(model_dir, exist_ok=True)
+    _write_info(model_dir, encoder, decoder, task)
+    state = trainer_train(
+        model_dir=model_dir,
+        init_params=init,
+        loss_fn=make_loss_fn(encoder, decoder),
+        optimizer=optimizer,
+        batches=_rec_batches(base, max_len),
+        num_steps=train_steps,
+        frozen_params=frozen,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=1,
+        log_every=log_every,
+        progress=progress,
+        tensorboard=tensorboard,
+        learning_rate_fn=optimizer.learning_rate_fn,
+    )
+    params = jax.tree.map(np.asarray, jax.device_get(state.params))
+    step = int(jax.device_get(state.step))
+    metrics, preds = {}, {}
+    for t, split in _parse_eval(eval, task):
+        t0 = time.time()
+        path = os.path.join(model_dir, "predictions", f"{t}_{split}_{step}.jsonl")
+        m, _ = evaluate(
+            encoder,
+            decoder,
+            params,
+            frozen,
+            task=t,
+            split=split,
+            task_feature_lengths=lengths,
+            batch_size=eval_batch_size,
+            num_examples=num_eval_examples,
+            predictions_path=path,
+        )
+        key = split if t == task else f"{t}/{split}"
+        metrics.update({f"{key}/{k}": v for k, v in m.items()})
+        preds[f"{t}:{split}"] = path
+        log.info("REC %s/%s: %s (%.1fs)", t, split, m, time.time() - t0)
+    with open(os.path.join(model_dir, "rec_metrics.json"), "w") as f:
+        json.dump({"step": step, "metrics": metrics}, f, indent=1, sort_keys=True)
+    return {
+        "metrics": metrics,
+        "step": step,
+        "predictions": preds,
+        "frozen": frozen,
+        "params": params,
+    }
+
+
+def _patch(vit_config: Mapping[str, Any]) -> int:
+    cfg = _encoder_sizes(vit_config)
+    ps = cfg.get("patch_size", 16)
+    return int(ps[0] if not np.isscalar(ps) else ps)
+
+
+def _write_info(model_dir, spec, decoder, task) -> None:
+    info = {
+        "encoder": {"name": spec.name, "checkpoint": spec.checkpoint, "frozen": True},
+        "decoder": {
+            "width": decoder.width,
+            "depth": decoder.depth,
+            "num_heads": decoder.num_heads,
+            "mlp_dim": decoder.mlp_dim,
+            "max_len": decoder.max_len,
+            "vocab_size": decoder.vocab_size,
+        },
+        "task": task,
+    }
+    with open(os.path.join(model_dir, "rec_info.json"), "w") as f:
+        json.dump(info, f, indent=1, sort_keys=True)
