@@ -294,21 +294,13 @@ def write_prediction_grid(
         h, w = img.shape[:2]
         ax.imshow(img, interpolation="nearest")
 
-        def rect(box, **kw):
-            y0, x0, y1, x1 = (float(v) for v in box)
-            ax.add_patch(
-                Rectangle(
-                    (x0 * w - 0.5, y0 * h - 0.5), (x1 - x0) * w, (y1 - y0) * h, fill=False, **kw
-                )
-            )
-
         if ex.get("gt_box") is not None:
-            rect(ex["gt_box"], edgecolor="white", lw=2.0, ls="--")
+            _rect(ax, ex["gt_box"], w, h, Rectangle, edgecolor="white", lw=2.0, ls="--")
         text = [_wrap(ex.get("title", ""), 44), f"truth: {_wrap(ex.get('truth', ''), 38)}"]
         for e in encoders:
             p = ex.get("preds", {}).get(e, {})
             if p.get("box") is not None:
-                rect(p["box"], edgecolor=ecol[e], lw=1.5)
+                _rect(ax, p["box"], w, h, Rectangle, edgecolor=ecol[e], lw=1.5)
             text.append(f"{e}: {_wrap(str(p.get('text', '')), 36)}")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -326,6 +318,14 @@ def write_prediction_grid(
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def _rect(ax, box, w, h, rectangle_cls, **kw) -> None:
+    """Draws a normalised yxyx box on an image axis of w x h pixels."""
+    y0, x0, y1, x1 = (float(v) for v in box)
+    ax.add_patch(
+        rectangle_cls((x0 * w - 0.5, y0 * h - 0.5), (x1 - x0) * w, (y1 - y0) * h, fill=False, **kw)
+    )
 
 
 def _wrap(s: str, width: int) -> str:
