@@ -41,7 +41,7 @@ def main(argv=None):
         num_decoder_layers=args.layers,
     )
     model = t5_lib.T5(cfg)
-    params = t5_lib.init_params(cfg, jax.random.PRNGKey(0))
+    params = t5_lib.random_params(cfg, 0)
     rng = np.random.default_rng(0)
     enc = jnp.asarray(rng.integers(2, args.vocab, (args.batch, args.enc_len)), jnp.int32)
     encoded = jax.jit(lambda p, e: model.apply({"params": p}, e, method=t5_lib.T5.encode))(

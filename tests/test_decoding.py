@@ -188,7 +188,7 @@ CFG = T5Config(
 @pytest.fixture(scope="module")
 def t5_setup():
     model = T5(CFG)
-    params = t5_lib.init_params(CFG, jax.random.PRNGKey(4))
+    params = t5_lib.random_params(CFG, 4)
     # Sharpen the head so sequences are not dominated by ties.
     params["decoder"]["logits_dense"]["kernel"] = params["decoder"]["logits_dense"]["kernel"] * 4
     enc = jnp.array([[5, 6, 7, 8, 0, 0], [9, 10, 11, 12, 13, 2], [3, 3, 4, 0, 0, 0]])

@@ -71,13 +71,15 @@ def apply(model, variables, *args, **kwargs):
 
 
 def _params(cfg=TINY, seed=0):
-    return t5_lib.init_params(cfg, jax.random.PRNGKey(seed))
+    return t5_lib.random_params(cfg, seed)
 
 
 def test_parameter_names_shapes_and_logical_axes():
     model = T5(TINY)
-    variables = model.init(
-        jax.random.PRNGKey(0), jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3), jnp.int32)
+    variables = jax.eval_shape(
+        lambda: model.init(
+            jax.random.PRNGKey(0), jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3), jnp.int32)
+        )
     )
     specs = flatten_dict(nn.get_partition_spec(variables)["params"])
     shapes = {"/".join(k): v.shape for k, v in flatten_dict(nn.unbox(variables)["params"]).items()}
@@ -113,7 +115,18 @@ def test_parameter_names_shapes_and_logical_axes():
     relu_tied = T5Config(
         **{**vars(TINY), "mlp_activations": ("relu",), "logits_via_embedding": True}
     )
-    names = {"/".join(k) for k in flatten_dict(_params(relu_tied))}
+    random = _params(relu_tied)
+    names = {"/".join(k) for k in flatten_dict(random)}
+    assert jax.tree.map(lambda x: x.shape, random) == jax.tree.map(
+        lambda x: x.shape,
+        nn.unbox(
+            jax.eval_shape(
+                lambda: T5(relu_tied).init(
+                    jax.random.PRNGKey(0), jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3), jnp.int32)
+                )
+            )
+        )["params"],
+    )
     assert "encoder/layers_0/mlp/wi/kernel" in names and "decoder/logits_dense/kernel" not in names
 
 
@@ -197,7 +210,9 @@ def test_tied_head_rescale():
 
 
 def test_dropout_only_when_enabled():
-    cfg = T5Config(**{**vars(TINY), "dropout_rate": 0.3})
+    cfg = T5Config(
+        **{**vars(TINY), "dropout_rate": 0.3, "num_encoder_layers": 1, "num_decoder_layers": 1}
+    )
     params = _params(cfg)
     model = T5(cfg)
     enc, dec = jnp.array([[4, 5, 6, 7]]), jnp.array([[0, 7, 8]])

@@ -577,6 +577,37 @@ def init_params(config: T5Config, rng: jax.Array, enc_len: int = 4, dec_len: int
     return nn.unbox(init(rng))["params"]
 
 
+def random_params(config: T5Config, seed: int = 0) -> dict:
+    """Random float32 parameters drawn with numpy (no compiled initialiser).
+
+    For tests and benchmarks: kernels ~ N(0, 1/fan_in), embeddings and
+    relative-position tables ~ N(0, 1), norm scales ~ 1 + N(0, 0.1^2).
+    Same tree and shapes as `init_params`.
+    """
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    model = T5(config)
+    shapes = jax.eval_shape(
+        lambda: nn.unbox(
+            model.init(
+                jax.random.PRNGKey(0), jnp.ones((1, 2), jnp.int32), jnp.ones((1, 2), jnp.int32)
+            )
+        )["params"]
+    )
+    rng = np.random.default_rng(seed)
+    out = {}
+    for path, leaf in sorted(flatten_dict(shapes).items()):
+        shape = tuple(leaf.shape)
+        if path[-1] == "kernel":
+            x = rng.normal(0.0, shape[0] ** -0.5, shape)
+        elif path[-1] == "scale":
+            x = 1.0 + 0.1 * rng.normal(size=shape)
+        else:
+            x = rng.normal(size=shape)
+        out[path] = jnp.asarray(x, jnp.float32)
+    return unflatten_dict(out)
+
+
 def init_cache(
     model: T5, params: dict, encoded: jax.Array, encoder_mask: jax.Array, max_len: int
 ) -> dict:
