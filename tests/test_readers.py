@@ -106,6 +106,19 @@ def test_coco_captions_2014_and_test_split(exported):
     assert {_s(e["id"]) for e in exs} == set(caps)
     for e in exs:
         assert _s(e["targets_pretokenized"]) in caps[_s(e["id"])]
+    d17 = os.path.join(os.path.dirname(os.path.dirname(d)), "coco2017")
+    export("coco_captions", d17, 3, 0, "val", year=2017)
+    with data_dir_override(coco=d17):
+        ds = seqio.get_mixture_or_task("coco_captions_2017").get_dataset(
+            L, split="validation", shuffle=False
+        )
+        exs17 = list(ds.as_numpy_iterator())
+    data17 = json.load(open(os.path.join(d17, "annotations", "captions_val2017.json")))
+    names = {str(i["id"]): i["file_name"] for i in data17["images"]}
+    assert len(exs17) == 3
+    for e in exs17:
+        assert _s(e["image/path"]) == os.path.join(d17, "val2017", names[_s(e["id"])])
+        assert re.fullmatch(r"\d{12}\.jpg", names[_s(e["id"])])
     dt = exported("coco_captions", "test")
     with data_dir_override(coco=dt):
         ds = seqio.get_mixture_or_task("coco_captions_2014").get_dataset(

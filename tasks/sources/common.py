@@ -58,7 +58,10 @@ def find_file(data_dir: str, names: Sequence[str], expected: str, subdirs=("", "
     )
 
 
-_JSON_CACHE: dict[tuple[str, float, int], Any] = {}
+# Parsed files, most recent last; a few are kept so that repeated passes (epochs,
+# splits of one file) do not re-parse, without holding every large file.
+_JSON_CACHE: collections.OrderedDict[tuple[str, float, int], Any] = collections.OrderedDict()
+_JSON_CACHE_SIZE = 4
 _JSON_LOCK = threading.Lock()
 
 
@@ -73,6 +76,7 @@ def load_json(path: str, expected: str) -> Any:
     key = (os.path.abspath(path), st.st_mtime, st.st_size)
     with _JSON_LOCK:
         if key in _JSON_CACHE:
+            _JSON_CACHE.move_to_end(key)
             return _JSON_CACHE[key]
     try:
         with open(path, encoding="utf-8") as f:
@@ -86,6 +90,8 @@ def load_json(path: str, expected: str) -> Any:
         raise DataFormatError(f"{path}: not UTF-8 text at byte {e.start} ({expected})") from e
     with _JSON_LOCK:
         _JSON_CACHE[key] = data
+        while len(_JSON_CACHE) > _JSON_CACHE_SIZE:
+            _JSON_CACHE.popitem(last=False)
     return data
 
 
