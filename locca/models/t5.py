@@ -443,7 +443,7 @@ class Decoder(nn.Module):
     def __call__(self, encoded, encoder_mask, tokens, decode, max_decode_length, deterministic):
         cfg = self.config
         dt = cfg.compute_dtype
-        b, q_len = tokens.shape
+        q_len = tokens.shape[1]
         relpos = RelativePositionBias(
             cfg.num_heads,
             cfg.relative_attention_num_buckets,
@@ -457,9 +457,10 @@ class Decoder(nn.Module):
             index_var = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
             if initialized:
                 enc_mask = self.get_variable("cache", "cached_encoder_mask")
-                max_len = self.variables["cache"]["layers_0"]["self_attention"]["cached_key"].shape[
-                    1
-                ]
+                # The cache length is that of the self-attention key cache.
+                first_layer = self.variables["cache"]["layers_0"]["self_attention"]
+                max_len = first_layer["cached_key"].shape[1]
+                # Steps past max_len are not supported (indices would clamp).
                 cache_index = index_var.value
                 positions = cache_index[None]  # [1]
                 self_mask = (jnp.arange(max_len) <= cache_index)[None, None, None, :]
