@@ -17,12 +17,11 @@ CFG = dict(width=32, depth=2, mlp_dim=64, num_heads=4, patch_size=(8, 8), pool_t
 
 
 def _params(model, res=32, seed=0):
-    p = nn.unbox(model.init(jax.random.PRNGKey(seed), jnp.zeros((1, res, res, 3)))["params"])
-    leaves, tdef = jax.tree.flatten(p)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    return jax.tree.unflatten(
-        tdef, [np.asarray(a + 0.1 * jax.random.normal(k, a.shape)) for a, k in zip(leaves, keys)]
-    )
+    """Random (numpy) parameters with the model's tree; no jax compute, so fast."""
+    x = jnp.zeros((1, res, res, 3))
+    shapes = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))["params"])
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(s.dtype), shapes)
 
 
 def _assert_trees_bitwise(a, b):
@@ -66,7 +65,7 @@ def test_save_load_bitwise_including_bfloat16(tmp_path):
 
 def test_save_accepts_boxed_params(tmp_path):
     m = vit.Model(**CFG)
-    boxed = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    boxed = jax.jit(m.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
     bv_npz.save_npz(tmp_path / "b.npz", boxed)
     _assert_trees_bitwise(bv_npz.load_npz(tmp_path / "b.npz"), jax.device_get(nn.unbox(boxed)))
 

@@ -16,7 +16,9 @@ from locca.models import vit
 
 def _save(path, res=48, **kw):
     m = vit.Model(**kw)
-    p = jax.device_get(nn.unbox(m.init(jax.random.PRNGKey(0), jnp.zeros((1, res, res, 3)))))
+    p = jax.device_get(
+        nn.unbox(jax.jit(m.init)(jax.random.PRNGKey(0), jnp.zeros((1, res, res, 3))))
+    )
     bv_npz.save_npz(path, p["params"])
     return p["params"]
 

@@ -71,13 +71,12 @@ def test_logical_axis_names():
 
 
 def _init(model, res=16, seed=0):
-    x = jax.random.uniform(jax.random.PRNGKey(seed + 1), (2, res, res, 3), minval=-1, maxval=1)
-    p = nn.unbox(model.init(jax.random.PRNGKey(seed), x)["params"])
-    # Perturb everything so zero-initialised biases / heads matter.
-    leaves, tdef = jax.tree.flatten(p)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 2), len(leaves))
-    leaves = [a + 0.05 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)]
-    return jax.tree.unflatten(tdef, leaves), x
+    """Random parameters (numpy, perturbed so biases matter) and an input batch."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (2, res, res, 3)).astype(np.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(seed), x))["params"]
+    p = jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(s.dtype), nn.unbox(shapes))
+    return p, x
 
 
 @pytest.mark.parametrize("pool", ["gap", "map", "tok", "0", "none"])
@@ -104,17 +103,14 @@ def test_pooling_shapes(pool):
 def test_rep_size_and_head_zeroinit():
     m = vit.Model(num_classes=3, rep_size=16, **TINY)
     x = jnp.ones((1, 16, 16, 3))
-    p = nn.unbox(m.init(jax.random.PRNGKey(0), x)["params"])
+    p = nn.unbox(jax.jit(m.init)(jax.random.PRNGKey(0), x)["params"])
     assert p["pre_logits"]["kernel"].shape == (32, 16)
     assert not np.any(p["head"]["kernel"])  # head_zeroinit
     y, out = m.apply({"params": p}, x)
     assert out["pre_logits"].shape == (1, 16) and np.all(np.abs(out["pre_logits"]) <= 1)
     np.testing.assert_allclose(y, np.broadcast_to(p["head"]["bias"], (1, 3)))
-    p2 = nn.unbox(
-        vit.Model(num_classes=3, head_zeroinit=False, **TINY).init(jax.random.PRNGKey(0), x)[
-            "params"
-        ]
-    )
+    m2 = vit.Model(num_classes=3, head_zeroinit=False, **TINY)
+    p2 = nn.unbox(jax.jit(m2.init)(jax.random.PRNGKey(0), x)["params"])
     assert np.any(p2["head"]["kernel"])
 
 
@@ -138,7 +134,7 @@ def test_sincos2d_posemb():
     )
     np.testing.assert_allclose(pe, ref, atol=1e-5)
     with pytest.raises(ValueError, match="posemb"):
-        vit.Model(posemb="bogus", **TINY).init(jax.random.PRNGKey(0), x)
+        jax.eval_shape(vit.Model(posemb="bogus", **TINY).init, jax.random.PRNGKey(0), x)
 
 
 def test_scan_matches_unscanned():
@@ -156,7 +152,7 @@ def test_scan_matches_unscanned():
         outs["encoder"]["block01"]["+mlp"], out["encoder"]["block01"]["+mlp"], rtol=1e-5, atol=1e-6
     )
     # Gradients flow through remat + scan.
-    g = jax.grad(lambda q: ms.apply({"params": q}, x)[0].sum())(ps)
+    g = jax.jit(jax.grad(lambda q: ms.apply({"params": q}, x)[0].sum()))(ps)
     assert np.any(g["Transformer"]["encoderblock"]["MlpBlock_0"]["Dense_0"]["kernel"])
 
 
