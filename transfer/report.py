@@ -66,10 +66,15 @@ def task_label(task: str) -> str:
 def default_columns(task: str, metrics: Mapping[str, float]) -> list[dict]:
     """Columns for one task's metric dict (keys ``metric`` or ``split/metric``)."""
     cols = []
-    for key in metrics:
+    order = list(METRIC_LABELS)
+    keys = [k for k in metrics if k.rsplit("/", 1)[-1] in METRIC_LABELS]
+    # Splits (prefixes) in their order of appearance, metrics in METRIC_LABELS order.
+    prefixes = list(dict.fromkeys(k.rpartition("/")[0] for k in keys))
+    keys.sort(
+        key=lambda k: (prefixes.index(k.rpartition("/")[0]), order.index(k.rpartition("/")[2]))
+    )
+    for key in keys:
         metric = key.rsplit("/", 1)[-1]
-        if metric not in METRIC_LABELS:
-            continue
         label, scale = METRIC_LABELS[metric]
         prefix = key[: -len(metric)].rstrip("/")
         name = f"{task_label(task)} {prefix + ' ' if prefix else ''}{label}"
