@@ -57,9 +57,12 @@ def ref_coco_source(
         def explode(ex):
             objs = ex["objects"]
             boxes = tf.cast(objs["bbox"], tf.float64)  # [n, 4] yxyx normalised
-            raws = objs["refexp"]["raw"]  # ragged [n, None]
-            if not isinstance(raws, tf.RaggedTensor):
-                raws = tf.RaggedTensor.from_tensor(raws)
+            raws = objs["refexp"]["raw"]  # [n, max_refs], padded with "" (or ragged)
+            if isinstance(raws, tf.RaggedTensor):
+                raws = raws.to_tensor(default_value="")
+            n = tf.minimum(tf.shape(boxes)[0], tf.shape(raws)[0])
+            boxes, raws = boxes[:n], raws[:n]
+            raws = tf.RaggedTensor.from_tensor(raws, padding="")  # drop the padding
             if per_sentence:
                 d = {
                     "expressions": tf.reshape(raws.flat_values, [-1, 1]),
