@@ -413,9 +413,17 @@ def parse_gin(
     import gin
 
     register_configurables()
-    for path in [*search_paths, *DEFAULT_GIN_SEARCH_PATHS]:
+    paths = [*search_paths, *DEFAULT_GIN_SEARCH_PATHS]
+    for path in paths:
         gin.add_config_file_search_path(path)
-    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings))
+    files = []
+    for f in gin_files:  # a file is found as given, else under a search path
+        found = [f] if os.path.exists(f) else [os.path.join(p, f) for p in paths]
+        found = [c for c in found if os.path.exists(c)]
+        if not found:
+            raise FileNotFoundError(f"gin file {f!r} not found (search paths: {paths})")
+        files.append(found[0])
+    gin.parse_config_files_and_bindings(files, list(gin_bindings))
 
 
 def run_from_gin() -> Any:

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -59,6 +60,25 @@ def mean_box(box_list: Sequence[np.ndarray]) -> np.ndarray:
     if not len(box_list):
         raise ValueError("mean_box: no boxes")
     return np.mean(np.stack([np.asarray(b, np.float64) for b in box_list]), axis=0)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _BanFirst:
+    """Wraps a decoder step: ``banned`` ids cannot be chosen as the first token.
+
+    Used to sample plain captions from a multi-task decoder, whose first
+    token could otherwise start an ``ARef`` / ``GCap`` sequence.
+    """
+
+    step: Any
+    banned: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
+
+    def __call__(self, tokens, cache):
+        first = cache["position"] == 0
+        logits, cache = self.step(tokens, cache)
+        ban = jnp.zeros((logits.shape[-1],), bool).at[jnp.array(self.banned)].set(True)
+        return jnp.where(first & ban[None, :], -1e9, logits), cache
 
 
 def _strip_eos(ids: np.ndarray, eos_id: int = 1) -> list[int]:
@@ -168,10 +188,14 @@ class PretrainEvaluator:
                     train_boxes.append(b)
             self.train_mean_box = mean_box(train_boxes)
         self._loss_fn = jax.jit(locca_lib.make_loss_fn(model, tasks=self.tasks, train=False))
-        self._generate = jax.jit(self._generate_impl, static_argnames=("max_len",))
+        self._generate = jax.jit(self._generate_impl, static_argnames=("max_len", "banned"))
+        # First tokens of the ARef / GCap task prefixes (banned when sampling captions).
+        self.task_prefix_ids = tuple(
+            sorted({int(self.vocab.encode(p)[0]) for p in ("ARef :", "GCap :")})
+        )
 
     # ------------------------------------------------------------------ decode
-    def _generate_impl(self, params, images, prefix, *, max_len: int):
+    def _generate_impl(self, params, images, prefix, *, max_len: int, banned=()):
         """Greedy continuation of ``prefix`` [B, P] (0-padded) for images [B, S, S, 3]."""
         variables = {"params": params}
         encoded = self.model.apply(
@@ -180,6 +204,8 @@ class PretrainEvaluator:
         dec = self.model.decoder
         cache = decoder_lib.init_cache(dec, params["decoder"], encoded, max_len)
         step = decoder_lib.make_tokens_to_logits(dec, params["decoder"])
+        if banned:
+            step = _BanFirst(step, tuple(banned))
         return decoding.greedy(
             step, cache, batch_size=images.shape[0], max_len=max_len, eos_id=1, prefix=prefix
         )
@@ -193,10 +219,23 @@ class PretrainEvaluator:
             out[i, : len(ids)] = ids
         return out
 
-    def generate(self, params, images: np.ndarray, prompts: Sequence[str | None], max_len: int):
-        """Greedy continuations (text after the prompt) for each image."""
+    def generate(
+        self,
+        params,
+        images: np.ndarray,
+        prompts: Sequence[str | None],
+        max_len: int,
+        banned: Sequence[int] = (),
+    ):
+        """Greedy continuations (text after the prompt) for each image.
+
+        ``banned``: token ids that may not be generated first (see _BanFirst).
+        """
         prefix = self._prompt_ids(prompts, max_len)
-        toks = np.asarray(self._generate(params, jnp.asarray(images), prefix, max_len=max_len))
+        toks = self._generate(
+            params, jnp.asarray(images), prefix, max_len=max_len, banned=tuple(banned)
+        )
+        toks = np.asarray(toks)
         texts = []
         for row, pre in zip(toks, prefix):
             n_pre = int((pre != 0).sum())
@@ -265,7 +304,11 @@ class PretrainEvaluator:
 
         k = min(self.num_render, self.num_examples)
         images = self.data["image"][:k]
-        captions = self.generate(params, images, [None] * k, self.caption_len)
+        # Plain captions: the decoder starts from BOS for every task, so the
+        # task-prefix tokens are banned as first token.
+        captions = self.generate(
+            params, images, [None] * k, self.caption_len, banned=self.task_prefix_ids
+        )
         gcap_prompts, gcap_boxes = [], []
         for ids in self.data["gcap_decoder_target_tokens"][:k]:
             parsed = split_gcap(self.vocab.decode(_strip_eos(ids)))

@@ -1,0 +1,270 @@
+"""Pretraining entry point: flags, deterministic data, an end-to-end run, the evaluator."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from locca import pretrain, pretrain_eval
+from locca.boxes import BoxCodec
+from locca.models import locca
+
+LENGTHS = {"cap": 40, "aref": 28, "gcap": 28}
+
+
+@pytest.fixture(scope="module")
+def small_task():
+    from tasks import pretrain_tasks
+
+    return pretrain_tasks.make_shapes_pretrain_task(
+        "shapes_pretrain_test_small", resolution=32, num_train=48, num_validation=8, num_test=8
+    )
+
+
+def test_rewrite_gin_args():
+    out = pretrain.rewrite_gin_args(["--gin_file=a.gin", "--gin.TRAIN_STEPS=5", "--gin.X='a=b'"])
+    assert out == ["--gin_file=a.gin", "--gin_bindings=TRAIN_STEPS = 5", "--gin_bindings=X = 'a=b'"]
+    with pytest.raises(ValueError, match="--gin.NAME=VALUE"):
+        pretrain.rewrite_gin_args(["--gin.FOO"])
+
+
+def test_distributed_only_when_multihost(monkeypatch):
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(1))
+    assert not pretrain.maybe_initialize_distributed({})
+    assert not pretrain.maybe_initialize_distributed({"SLURM_NTASKS": "1"})
+    assert not calls
+    assert pretrain.maybe_initialize_distributed({"SLURM_NTASKS": "4"})
+    assert pretrain.maybe_initialize_distributed({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
+    assert pretrain.maybe_initialize_distributed({"TPU_WORKER_HOSTNAMES": "a,b"})
+    assert len(calls) == 3
+
+
+def test_batches_deterministic_and_resumable(small_task):
+    batches = pretrain.make_batches(
+        small_task, task_feature_lengths=LENGTHS, batch_size=4, image_size=32, seed=3
+    )
+    it = batches(0)
+    run = [next(it) for _ in range(15)]  # > 1 epoch of 48 examples
+    again = batches(0)
+    for ref in run[:3]:
+        got = next(again)
+        for k in ref:
+            np.testing.assert_array_equal(got[k], ref[k])
+    resumed = batches(13)  # crosses the epoch boundary
+    for ref in run[13:15]:
+        got = next(resumed)
+        for k in ref:
+            np.testing.assert_array_equal(got[k], ref[k])
+    b = run[0]
+    assert b["image"].shape == (4, 32, 32, 3) and b["image"].dtype == np.uint8
+    for t in locca.TASKS:
+        ki, kt, kw = locca.task_keys(t)
+        assert b[kt].shape == (4, LENGTHS[t])
+        np.testing.assert_array_equal(b[ki][:, 1:], b[kt][:, :-1])  # shifted right
+        np.testing.assert_array_equal(b[ki][:, 0], 0)  # BOS = 0
+        np.testing.assert_array_equal(b[kw], b[kt] != 0)
+    # Different data seed -> different order.
+    other = next(pretrain.make_batches(small_task, task_feature_lengths=LENGTHS, batch_size=4,
+                                       image_size=32, seed=4)(0))  # fmt: skip
+    assert not np.array_equal(other["image"], b["image"])
+
+
+def test_split_prompts():
+    assert pretrain_eval.split_aref("ARef : small red star : 1 2 3 4") == (
+        "ARef : small red star :", "1 2 3 4"
+    )  # fmt: skip
+    assert pretrain_eval.split_gcap("GCap : 1 2 3 4 : the red star") == (
+        "GCap : 1 2 3 4 :", "the red star"
+    )  # fmt: skip
+    assert pretrain_eval.split_aref("a caption") is None
+    assert pretrain_eval.split_gcap("GCap : 1 2 3 4") is None
+    np.testing.assert_allclose(pretrain_eval.mean_box([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]]),
+                               [0.25, 0.25, 0.75, 0.75])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def evaluator_and_params(small_task, tmp_path_factory):
+    vocab = small_task.output_features["cap"].vocabulary
+    model = locca.build_model(
+        vocab_size=vocab.vocab_size,
+        encoder_config=dict(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=(8, 8)),
+        max_len=max(LENGTHS.values()),
+    )
+    params = locca.init_params(model, jax.random.PRNGKey(0), image_size=32, text_len=40)
+    out = tmp_path_factory.mktemp("eval")
+    ev = pretrain_eval.PretrainEvaluator(
+        model=model, task=small_task, task_feature_lengths=LENGTHS, image_size=32,
+        model_dir=str(out), num_examples=8, batch_size=4, num_mean_box_examples=48, num_render=4,
+    )  # fmt: skip
+    return ev, params, out
+
+
+def test_evaluator_metrics_and_png(evaluator_and_params):
+    ev, params, out = evaluator_and_params
+    m = ev(7, params, {})
+    for t in locca.TASKS:
+        np.testing.assert_allclose(m[f"val_loss_{t}"], np.log(ev.vocab.vocab_size), rtol=1e-4)
+    assert m["aref_num_examples"] == 8
+    gts = [g for g in ev.aref_gt if g is not None]
+    assert len(gts) == 8
+    # Baselines: whole image and the mean training box, scored on the same boxes.
+    whole = np.mean([float(BoxCodec().decode("0 0 499 499") is not None) and
+                     (np.prod(g[2:] - g[:2]) >= 0.5) for g in gts])  # fmt: skip
+    assert m["aref_acc@0.5_whole_image"] == pytest.approx(whole)
+    assert 0.0 <= m["aref_acc@0.5_mean_box"] <= 1.0
+    assert np.all(ev.train_mean_box[2:] > ev.train_mean_box[:2])
+    assert 0.0 <= m["aref_acc@0.5"] <= 1.0
+    assert os.path.getsize(out / "samples" / "step_000007.png") > 1000
+
+
+def test_evaluator_scores_an_oracle(evaluator_and_params, monkeypatch):
+    """With generations replaced by the true box text, Acc@0.5 is 1."""
+    ev, params, _ = evaluator_and_params
+    truth = {p: BoxCodec().encode(g) for p, g in zip(ev.aref_prompts, ev.aref_gt)}
+
+    def oracle(params, images, prompts, max_len, banned=()):
+        return [" " + truth[p] if p else "" for p in prompts]
+
+    monkeypatch.setattr(ev, "generate", oracle)
+    monkeypatch.setattr(ev, "num_render", 0)
+    m = ev(1, params, {})
+    assert m["aref_acc@0.5"] == 1.0 and m["aref_parse_rate"] == 1.0
+    assert m["aref_mean_iou"] > 0.95
+
+    monkeypatch.setattr(ev, "generate", lambda *a: ["no box here"] * len(a[2]))
+    m = ev(1, params, {})
+    assert m["aref_acc@0.5"] == 0.0 and m["aref_parse_rate"] == 0.0
+
+
+def _run_entry_point(model_dir, *extra):
+    cmd = [
+        sys.executable, "-m", "locca.pretrain",
+        "--gin_file=gin/pretrain/locca_tiny.gin",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        "--gin.tasks.make_shapes_pretrain_task.name='shapes_pretrain_test_e2e'",
+        "--gin.tasks.make_shapes_pretrain_task.resolution=32",
+        "--gin.tasks.make_shapes_pretrain_task.num_train=64",
+        "--gin.tasks.make_shapes_pretrain_task.num_validation=8",
+        "--gin.locca.pretrain.image_size=32",
+        "--gin.BATCH_SIZE=8",
+        '--gin.locca.pretrain.encoder_config={"width": 32, "depth": 2, "mlp_dim": 64, '
+        '"num_heads": 2, "patch_size": 8}',
+        '--gin.locca.pretrain.evaluator_kwargs={"num_examples": 8, "batch_size": 8, '
+        '"num_mean_box_examples": 16, "num_render": 2}',
+        "--gin.locca.make_optimizer.warmup_steps=2",
+        "--gin.locca.make_optimizer.lr=3e-3",
+        "--gin.locca.pretrain.log_every=1",
+        "--gin.locca.pretrain.progress=False",
+        "--gin.locca.pretrain.tensorboard=False",
+        *extra,
+    ]  # fmt: skip
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return [json.loads(line) for line in open(os.path.join(model_dir, "metrics.jsonl"))]
+
+
+def test_entry_point_runs_and_loss_falls_on_fixed_batch(tmp_path):
+    model_dir = tmp_path / "run"
+    metrics = _run_entry_point(
+        model_dir, "--gin.TRAIN_STEPS=30", "--gin.locca.pretrain.fixed_batch=True"
+    )
+    assert sorted(os.listdir(model_dir / "checkpoints")) == ["30"]
+    for name in ("config.gin", "model_config.json"):
+        assert (model_dir / name).exists()
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert len(losses) == 30
+    assert losses[-1] < 0.75 * losses[0], losses  # 8 images, cosine to 0 over 30 steps
+    final = metrics[-1]
+    for key in ("val_loss_cap", "val_loss_aref", "val_loss_gcap", "aref_acc@0.5",
+                "aref_acc@0.5_whole_image", "aref_acc@0.5_mean_box"):  # fmt: skip
+        assert key in final
+    assert (model_dir / "samples" / "step_000030.png").exists()
+
+    # Export the encoder; load it back through bv_npz into a ViT; outputs equal.
+    from checkpoints import bv_npz, export_encoder
+    from locca.models import vit
+
+    out = tmp_path / "enc.npz"
+    side = export_encoder.export_encoder(str(model_dir), str(out))
+    assert side["source"]["step"] == 30 and side["resolution"] == 32
+    side2 = json.load(open(tmp_path / "enc.json"))
+    cfg = {k: v for k, v in side2["vit_config"].items()}
+    model = vit.Model(**{**cfg, "num_classes": None})
+    image = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3), minval=-1, maxval=1)
+    init = model.init(jax.random.PRNGKey(1), image)["params"]
+    loaded = bv_npz.load_vit_params(init, str(out), cfg)
+    params, step = export_encoder.read_params(str(model_dir))
+    assert step == 30
+    _, a = model.apply({"params": loaded}, image)
+    _, b = model.apply({"params": params["encoder"]}, image)
+    np.testing.assert_array_equal(np.asarray(a["encoded"]), np.asarray(b["encoded"]))
+    flat = bv_npz.flatten(bv_npz.load_npz(str(out)))
+    assert "Transformer/encoder_norm/scale" in flat and "embedding/kernel" in flat
+    with pytest.raises(FileNotFoundError, match="no step 7"):
+        export_encoder.read_params(str(model_dir), 7)
+
+
+def _resolve(v):
+    """Evaluates gin macro references (also inside dicts/tuples)."""
+    import gin
+
+    if isinstance(v, gin.config.ConfigurableReference):
+        return _resolve(v.scoped_configurable_fn())
+    if isinstance(v, dict):
+        return {k: _resolve(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(_resolve(x) for x in v)
+    return v
+
+
+@pytest.mark.parametrize(
+    "name,enc_params,dec_layers,tasks,p",
+    [
+        ("locca_l14", 303_176_704, 12, ("cap", "aref", "gcap"), 0.5),
+        ("cappa_b16", None, 6, ("cap",), 0.75),
+        ("cap_tiny", None, 2, ("cap",), 0.0),
+    ],
+)
+def test_gin_configs_build(name, enc_params, dec_layers, tasks, p):
+    """The gin files parse; the model they describe builds (shapes only)."""
+    import gin
+
+    gin.clear_config()
+    try:
+        pretrain.parse_gin([f"pretrain/{name}.gin"], ["MODEL_DIR = '/nonexistent'"])
+
+        def q(name):
+            return _resolve(gin.query_parameter(name))
+
+        enc = q("locca.pretrain.encoder_config")
+        assert tuple(q("locca.pretrain.tasks")) == tasks
+        assert q("locca.pretrain.parallel_prob") == p
+        vocab = q("locca.pretrain.vocab_size") or 2028
+        size = q("locca.pretrain.image_size")
+        lengths = q("locca.pretrain.task_feature_lengths")
+        if "tiny" not in name:
+            assert (size, vocab, q("%BATCH_SIZE")) == (224, 32000, 8192)
+            assert max(lengths.values()) == 64
+            assert q("locca.make_optimizer.name") == "adafactor"
+            assert q("locca.make_optimizer.warmup_steps") == 10000
+            assert q("locca.make_optimizer.beta2_cap") == 0.999
+    finally:
+        gin.clear_config()
+    enc = dict(enc)
+    if enc.get("patch_size"):
+        enc["patch_size"] = (enc["patch_size"],) * 2
+    n = max(lengths.values())
+    model = locca.build_model(vocab_size=vocab, encoder_config=enc, max_len=n)
+    shapes = jax.eval_shape(
+        lambda r: locca.init_params(model, r, image_size=size, text_len=n), jax.random.PRNGKey(0)
+    )
+    if enc_params is not None:
+        assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["encoder"])) == enc_params
+    assert len([k for k in shapes["decoder"] if k.startswith("encoderblock_")]) == dec_layers
