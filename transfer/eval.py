@@ -264,6 +264,75 @@ def write_jsonl(path: str, records: Sequence[Mapping]) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Trivial baselines.
+
+
+def constant_baselines(
+    task_name: str,
+    *,
+    split: str = "validation",
+    train_split: str = "train",
+    task_feature_lengths: Mapping[str, int] = (("inputs", 64), ("targets", 64)),
+    num_examples: int | None = None,
+    num_train_examples: int = 2000,
+) -> dict[str, dict[str, float]]:
+    """Scores the best image-blind constant answers on the eval examples.
+
+    For each task: ``most_frequent`` predicts the most frequent training
+    target string for every example (for VQA, the most frequent answer; for
+    captions, the most frequent caption); ``best_constant`` tries the 20 most
+    frequent training targets and keeps the best on the eval set (an upper
+    bound for any constant prediction among them). Returns
+    ``{task: {"most_frequent/<metric>": v, "best_constant/<metric>": v,
+    "most_frequent_text": str, ...}}``.
+    """
+    import collections
+
+    out = {}
+    for task in common.subtasks(task_name):
+        data = _TaskData(
+            task,
+            split=split,
+            task_feature_lengths=dict(task_feature_lengths),
+            image_size=8,
+            num_examples=num_examples,
+        )
+        ds = task.get_dataset(
+            sequence_length=dict(task_feature_lengths),
+            split=train_split,
+            shuffle=False,
+            num_epochs=1,
+            use_cached=False,
+        ).take(num_train_examples)
+        counts = collections.Counter()
+        for ex in ds.as_numpy_iterator():
+            refs = ex.get("references")
+            texts = [_text(r) for r in refs] if refs is not None and len(refs) else []
+            texts = texts or [_text(ex.get("targets_pretokenized", b""))]
+            for t in texts:
+                counts[t] += 1.0 / len(texts)
+        candidates = [t for t, _ in counts.most_common(20)]
+        res: dict[str, Any] = {}
+        best = None
+        for i, cand in enumerate(candidates):
+            preds = [task.postprocess_fn(cand, example=ex, is_target=False) for ex in data.examples]
+            scores: dict[str, float] = {}
+            for fn in task.predict_metric_fns:
+                _flatten_metrics("m", fn(data.targets, preds), scores)
+            main = next(iter(scores.values()))
+            if i == 0:
+                res.update({f"most_frequent/{k[2:]}": v for k, v in scores.items()})
+                res["most_frequent_text"] = cand
+            if best is None or main > best[0]:
+                best = (main, cand, scores)
+        if best is not None:
+            res.update({f"best_constant/{k[2:]}": v for k, v in best[2].items()})
+            res["best_constant_text"] = best[1]
+        out[task.name] = res
+    return out
+
+
+# ---------------------------------------------------------------------------
 # Test-server exports.
 
 # task-name fragment -> (writer name in tasks.exports, id field in the example)
