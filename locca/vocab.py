@@ -18,16 +18,16 @@ byte-identical model file.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import logging
 import os
 import pathlib
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import sentencepiece as spm
-import seqio
 from sentencepiece import sentencepiece_model_pb2
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
@@ -187,7 +187,10 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
         raise
 
 
-def make_vocabulary(model_path: str | os.PathLike) -> seqio.SentencePieceVocabulary:
+def make_vocabulary(model_path: str | os.PathLike):
+    """seqio.SentencePieceVocabulary over an existing model file."""
+    import seqio
+
     return seqio.SentencePieceVocabulary(str(model_path), extra_ids=0)
 
 
@@ -217,52 +220,65 @@ def default_vocabulary_path() -> pathlib.Path:
     return path
 
 
-class _LazyVocabulary(seqio.SentencePieceVocabulary):
-    """A SentencePieceVocabulary whose model file is located (and, for the
-    default, built) only when first needed: registering tasks touches no disk.
-    `resolver` is a module-level function returning the model path."""
+@functools.cache
+def _lazy_vocabulary_class():
+    """Defined on first use so that `import locca.vocab` (and its CLI) does not
+    import seqio/TensorFlow."""
+    import seqio
 
-    def __init__(self, resolver):
-        self._resolver = resolver
-        super().__init__("", extra_ids=0)
+    class LazySentencePieceVocabulary(seqio.SentencePieceVocabulary):
+        """A SentencePieceVocabulary whose model file is located (and, for the
+        default, built) only when first needed: registering tasks touches no
+        disk. `resolver` is a module-level function returning the model path."""
 
-    def _resolve(self) -> str:
-        if not self._sentencepiece_model_file:
-            self._sentencepiece_model_file = str(self._resolver())
-        return self._sentencepiece_model_file
+        def __init__(self, resolver):
+            self._resolver = resolver
+            super().__init__("", extra_ids=0)
 
-    @property
-    def sentencepiece_model_file(self) -> str:
-        return self._resolve()
+        def _resolve(self) -> str:
+            if not self._sentencepiece_model_file:
+                self._sentencepiece_model_file = str(self._resolver())
+            return self._sentencepiece_model_file
 
-    def _model_context(self):
-        self._resolve()
-        return super()._model_context()
+        @property
+        def sentencepiece_model_file(self) -> str:
+            return self._resolve()
 
-    def __eq__(self, other):
-        if isinstance(other, _LazyVocabulary) and other._resolver is self._resolver:
-            return True  # same recipe, same bytes
-        if isinstance(other, seqio.SentencePieceVocabulary):
-            return self.sp_model == other.sp_model
-        return False
+        def _model_context(self):
+            self._resolve()
+            return super()._model_context()
 
-    def __hash__(self):
-        return hash(self._resolver)
+        def __eq__(self, other):
+            if isinstance(other, LazySentencePieceVocabulary) and other._resolver is self._resolver:
+                return True  # same recipe, same bytes
+            if isinstance(other, seqio.SentencePieceVocabulary):
+                return self.sp_model == other.sp_model
+            return False
 
-    def __str__(self) -> str:
-        return f"lazy SentencePieceVocabulary({self._resolver.__name__})"
+        def __hash__(self):
+            return hash(self._resolver)
+
+        def __reduce__(self):  # picklable although the class is created at run time
+            return (lazy_vocabulary, (self._resolver,))
+
+        def __str__(self) -> str:
+            return f"lazy SentencePieceVocabulary({self._resolver.__name__})"
+
+    return LazySentencePieceVocabulary
 
 
-# kept for callers of the earlier name
-_LazyDefaultVocabulary = _LazyVocabulary
+def lazy_vocabulary(resolver: Callable[[], os.PathLike | str]):
+    """A seqio.SentencePieceVocabulary over the model file `resolver()` returns,
+    resolved at first use (`resolver` must be a module-level function)."""
+    return _lazy_vocabulary_class()(resolver)
 
-_DEFAULT = _LazyVocabulary(default_vocabulary_path)
 
-
-def default_vocabulary() -> seqio.SentencePieceVocabulary:
-    """The shapes-world vocabulary with location tokens (one shared instance;
-    trained into the cache on first use, deterministic)."""
-    return _DEFAULT
+@functools.cache
+def default_vocabulary():
+    """The shapes-world vocabulary with location tokens (a seqio
+    SentencePieceVocabulary; one shared instance; trained into the cache on
+    first use, deterministic)."""
+    return lazy_vocabulary(default_vocabulary_path)
 
 
 VOCAB_ENV = "LOCCA_VOCAB"
@@ -279,16 +295,14 @@ def task_vocabulary_path() -> pathlib.Path:
     return default_vocabulary_path()
 
 
-_TASK = _LazyVocabulary(task_vocabulary_path)
-
-
-def task_vocabulary() -> seqio.SentencePieceVocabulary:
+@functools.cache
+def task_vocabulary():
     """The vocabulary of the registered seqio tasks: `$LOCCA_VOCAB` when set
     (read at first use), else `default_vocabulary()`'s model."""
-    return _TASK
+    return lazy_vocabulary(task_vocabulary_path)
 
 
-def loc_token_ids(vocab: seqio.SentencePieceVocabulary) -> list[int]:
+def loc_token_ids(vocab) -> list[int]:
     """Ids of `<loc0000>`..`<loc1023>` in `vocab` (each must be one piece)."""
     sp = vocab.tokenizer
     ids = [sp.piece_to_id(loc_token(i)) for i in range(NUM_LOC_TOKENS)]

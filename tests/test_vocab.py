@@ -153,17 +153,20 @@ def test_default_vocabulary_concurrent_build(tmp_path):
 
 def test_registration_does_not_build(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCCA_CACHE", str(tmp_path / "empty"))
-    v = V._LazyVocabulary(V.default_vocabulary_path)
+    v = V.lazy_vocabulary(V.default_vocabulary_path)
     assert v == V.default_vocabulary()
     assert not (tmp_path / "empty").exists()
+    import pickle
+
+    assert pickle.loads(pickle.dumps(v)) == v  # picklable (gin deep-copies vocabularies)
 
 
 def test_task_vocabulary_env_override(tmp_path, monkeypatch):
     data = V.train_model(CORPUS, vocab_size=60)
     (tmp_path / "mine.model").write_bytes(data)
     monkeypatch.setenv(V.VOCAB_ENV, str(tmp_path / "mine.model"))
-    v = V._LazyVocabulary(V.task_vocabulary_path)  # a fresh, unresolved instance
+    v = V.lazy_vocabulary(V.task_vocabulary_path)  # a fresh, unresolved instance
     assert v.sp_model == data and v.vocab_size == _sp(data).get_piece_size()
     monkeypatch.setenv(V.VOCAB_ENV, str(tmp_path / "missing.model"))
     with pytest.raises(FileNotFoundError, match="missing.model"):
-        V._LazyVocabulary(V.task_vocabulary_path).load_model()
+        V.lazy_vocabulary(V.task_vocabulary_path).load_model()
