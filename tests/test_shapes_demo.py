@@ -35,7 +35,8 @@ def test_contact_sheet_draws_boxes(tmp_path):
 
 def test_demo_writes_sheet_and_summary(tmp_path, capsys):
     out = tmp_path / "demo_out"
-    assert demo.main(["--out", str(out), "--num_images", "30", "--sheet_images", "4"]) == 0
+    args = ["--out", str(out), "--num_images", "30", "--sheet_images", "4", "--stages", "sheet"]
+    assert demo.main(args) == 0
     assert (out / "contact_sheet.png").is_file()
     summary = json.loads((out / "summary.json").read_text())
     world = ShapesWorld(64, 0)

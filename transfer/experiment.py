@@ -143,15 +143,15 @@ def _configure(gin_files: Sequence[str], bindings: Sequence[str], search: Sequen
     import gin
 
     register_configurables()
-    with gin.unlock_config():
-        gin.clear_config()
     resolved = []
     for f in gin_files:
         found = _find_gin(f, search)
         if found is None:
             raise FileNotFoundError(f"gin file {f!r} not found (searched {search} and gin/)")
         resolved.append(found)
-    common.parse_gin(resolved, bindings, search)
+    with gin.unlock_config():  # an earlier entry point may have finalised (locked) gin
+        gin.clear_config()
+        common.parse_gin(resolved, bindings, search)
 
 
 def _q(value: Any) -> str:
