@@ -415,19 +415,19 @@ def write_predictions(path: str, cells: Mapping, encoders: Sequence[str]) -> str
     captions, VQA, counting and text-reading answers per encoder."""
     from transfer import report as report_lib
 
-    plan = [  # (cell task, index, title prefix)
-        ("rec_protocol:shapes_refexp", 0, "REC (frozen)"),
-        ("rec_protocol:shapes_refexp", 1, "REC (frozen)"),
-        ("rec_protocol:shapes_refexp", 2, "REC (frozen)"),
-        ("shapes_refexp", 3, "REC (transfer)"),
-        ("shapes_caption", 0, "caption"),
-        ("shapes_vqa", 0, "VQA"),
-        ("shapes_tally", 0, "counting"),
-        ("shapes_textvqa", 0, "TextVQA"),
+    plan = [  # (cell task, position in the evaluated examples (fraction), title prefix)
+        ("rec_protocol:shapes_refexp", 0.0, "REC (frozen)"),
+        ("rec_protocol:shapes_refexp", 0.3, "REC (frozen)"),
+        ("rec_protocol:shapes_refexp", 0.6, "REC (frozen)"),
+        ("shapes_refexp", 0.9, "REC (transfer)"),
+        ("shapes_caption", 0.1, "caption"),
+        ("shapes_vqa", 0.4, "VQA"),
+        ("shapes_tally", 0.7, "counting"),
+        ("shapes_textvqa", 0.2, "TextVQA"),
     ]
     examples = []
-    for task, idx, prefix in plan:
-        recs = {}
+    for task, frac, prefix in plan:
+        recs, idx = {}, None
         seqio_task, split = None, "validation"
         for e in encoders:
             cell = cells.get((e, task))
@@ -437,8 +437,10 @@ def write_predictions(path: str, cells: Mapping, encoders: Sequence[str]) -> str
             p = cell.get("predictions")
             p = p.get(f"{seqio_task}:validation") if isinstance(p, Mapping) else p
             rows = _read_jsonl(p)
-            if idx < len(rows):
-                recs[e] = rows[idx]
+            if rows:
+                idx = min(int(frac * len(rows)), len(rows) - 1) if idx is None else idx
+                if idx < len(rows):
+                    recs[e] = rows[idx]
         if not recs or seqio_task is None:
             continue
         ex = _eval_examples(seqio_task, split, [idx]).get(idx)
@@ -717,7 +719,7 @@ def main(argv=None) -> int:
             times[f"pretrain {e}"] = s
     if "transfer" in stages:
         t0 = time.time()
-        stage_transfer(work, budget, npz)
+        stage_transfer(work, budget, npz, args.gin_file, args.gin_bindings)
         times["transfer"] = round(time.time() - t0, 1)
     if "report" in stages:
         _banner("report")

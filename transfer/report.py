@@ -252,7 +252,7 @@ def write_curves(
     for i, (title, series) in enumerate(panels):
         ax = axes[i // nc][i % nc]
         for name, (xs, ys) in series.items():
-            ax.plot(xs, ys, label=name, lw=1.2)
+            ax.plot(xs, ys, label=name, lw=1.2, marker="." if len(xs) < 20 else None)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
@@ -290,34 +290,57 @@ def write_prediction_grid(
     nc = min(ncols, n)
     nr = (n + nc - 1) // nc
     lines = 2 + len(encoders)
-    fig, axes = plt.subplots(nr, nc, figsize=(3.3 * nc, (2.4 + 0.22 * lines) * nr), squeeze=False)
+    text_h = 0.16 * lines  # inches of text under each image
+    fig = plt.figure(figsize=(3.4 * nc, (3.0 + text_h) * nr + 0.4))
+    gs = fig.add_gridspec(2 * nr, nc, height_ratios=[3.0, text_h] * nr, hspace=0.05, wspace=0.08)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     ecol = {e: colours[i % len(colours)] for i, e in enumerate(encoders)}
     for i, ex in enumerate(examples):
-        ax = axes[i // nc][i % nc]
+        r, c = divmod(i, nc)
+        ax = fig.add_subplot(gs[2 * r, c])
+        tax = fig.add_subplot(gs[2 * r + 1, c])
+        tax.axis("off")
         img = ex["image"]
         h, w = img.shape[:2]
         ax.imshow(img, interpolation="nearest")
-
         if ex.get("gt_box") is not None:
             _rect(ax, ex["gt_box"], w, h, Rectangle, edgecolor="white", lw=2.0, ls="--")
-        text = [_wrap(ex.get("title", ""), 44), f"truth: {_wrap(ex.get('truth', ''), 38)}"]
-        for e in encoders:
+        tax.text(
+            0.0,
+            1.0,
+            _wrap(ex.get("title", ""), 46),
+            fontsize=6.5,
+            va="top",
+            fontweight="bold",
+            transform=tax.transAxes,
+        )
+        tax.text(
+            0.0,
+            1.0 - 1.0 / lines,
+            f"truth: {_wrap(ex.get('truth', ''), 40)}",
+            fontsize=6.5,
+            va="top",
+            transform=tax.transAxes,
+        )
+        for k, e in enumerate(encoders):
             p = ex.get("preds", {}).get(e, {})
             if p.get("box") is not None:
                 _rect(ax, p["box"], w, h, Rectangle, edgecolor=ecol[e], lw=1.5)
-            text.append(f"{e}: {_wrap(str(p.get('text', '')), 36)}")
+            tax.text(
+                0.0,
+                1.0 - (k + 2) / lines,
+                f"{e}: {_wrap(str(p.get('text', '')), 40)}",
+                fontsize=6.5,
+                va="top",
+                color=ecol[e],
+                transform=tax.transAxes,
+            )
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_xlabel("\n".join(text), fontsize=6, loc="left")
-        for e in encoders:  # colour key
-            ax.plot([], [], color=ecol[e], label=e)
-    for j in range(len(examples), nr * nc):
-        axes[j // nc][j % nc].axis("off")
     handles = [plt.Line2D([], [], color=ecol[e], lw=2) for e in encoders]
     handles.append(plt.Line2D([], [], color="grey", lw=2, ls="--"))
     fig.legend(handles, [*encoders, "ground truth (white)"], loc="upper center", ncol=4, fontsize=7)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.35 / fig.get_figheight(), bottom=0.01)
     tmp = f"{path}.tmp{os.getpid()}.png"
     fig.savefig(tmp, dpi=110)
     plt.close(fig)

@@ -1,0 +1,75 @@
+"""The demo: same seed -> same table (a tiny end-to-end run, twice); the
+verdict on LocCa's localisation advantage is computed from the numbers."""
+
+import json
+
+import pytest
+
+from locca import demo
+
+TINY_TASKS = """
+transfer.run_experiment.tasks = ["shapes_vqa", "shapes_refexp", "rec_protocol:shapes_refexp"]
+"""
+
+
+COLS = [
+    ("rec_protocol:shapes_refexp/validation/acc@0.5", "validation/acc@0.5"),
+    ("rec_protocol:shapes_refexp/test/acc@0.5", "test/acc@0.5"),
+    ("shapes_refexp/acc@0.5", "acc@0.5"),
+    ("shapes_vqa/vqa_accuracy", "vqa_accuracy"),
+]
+
+
+def _cols():
+    out = []
+    for key, metric in COLS:
+        task = key[: -len(metric) - 1]
+        out.append((key, metric, task))
+    return out
+
+
+def _tab(values):
+    cols = [dict(key=k, label=k, task=t, metric=m) for k, m, t in _cols()]
+    rows = [
+        {"encoder": e, "values": dict(zip([k for k, _, _ in _cols()], v))}
+        for e, v in values.items()
+    ]
+    return {"columns": cols, "rows": rows}
+
+
+def test_verdict_follows_the_numbers():
+    head, detail = demo.verdict(
+        _tab({"cap": [10, 20, 5, 50], "cappa": [12, 18, 5, 50], "locca": [30, 40, 1, 10]})
+    )
+    assert head.startswith("**Reproduced")
+    assert detail["rec_protocol:shapes_refexp/validation/acc@0.5"]["margin"] == 18
+    head, _ = demo.verdict(
+        _tab({"cap": [10, 50, 5, 50], "cappa": [12, 18, 5, 50], "locca": [30, 40, 9, 10]})
+    )
+    assert head.startswith("**Partly reproduced") and "1 of 2" in head
+    head, _ = demo.verdict(
+        _tab({"cap": [10, 20, 5, 5], "cappa": [12, 18, 5, 5], "locca": [12, 20, 90, 90]})
+    )
+    assert head.startswith("**Not reproduced")  # ties are not wins; transfer REC not counted
+    head, _ = demo.verdict(_tab({"cap": [1, 1, 1, 1], "locca": [2, 2, 2, 2]}))
+    assert "no verdict" in head
+
+
+@pytest.mark.slow
+def test_same_seed_same_table(tmp_path):
+    extra = tmp_path / "tasks.gin"
+    extra.write_text(TINY_TASKS)
+    tables = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        argv = ["--out", str(out), "--gin_file", "demo/tiny.gin", "--gin_file", str(extra)]
+        assert demo.main([*argv, "--num_images", "8", "--sheet_images", "2"]) == 0
+        tables.append((out / "table.json").read_text())
+        report = (out / "report.md").read_text()
+        assert "LocCa's localisation advantage" in report and "paper scale" in report
+        for f in ("training_curves.png", "predictions.png", "contact_sheet.png"):
+            assert (out / f).stat().st_size > 1000
+    assert tables[0] == tables[1]
+    table = json.loads(tables[0])
+    assert [r["encoder"] for r in table["rows"]] == ["cap", "cappa", "locca"]
+    assert all(v is not None for r in table["rows"] for v in r["values"].values())
