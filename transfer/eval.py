@@ -453,8 +453,16 @@ def evaluate(
         with open(os.path.join(output_dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps({"step": got_step, **metrics}) + "\n")
         if export_dir:
+            from tasks.exports import ExportError
+
             for name, records in evaluator.last_predictions.items():
-                path = export_predictions(name, records, os.path.join(export_dir, str(got_step)))
+                try:
+                    path = export_predictions(
+                        name, records, os.path.join(export_dir, str(got_step))
+                    )
+                except ExportError as e:  # e.g. a shapes task: string ids, no server
+                    log.warning("no test-server export for %s: %s", name, e)
+                    continue
                 if path:
                     log.info("exported %s", path)
         print(f"step {got_step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

@@ -44,10 +44,19 @@ def _load_image(path: str, size: int) -> np.ndarray:
         raise ValueError(f"--image {path}: not a readable image ({e})") from None
 
 
-def _tokenize_prompt(prompt: str, length: int) -> np.ndarray:
-    from locca.vocab import default_vocabulary
+def _vocabulary():
+    """The vocabulary the registered tasks use ($LOCCA_VOCAB or the default)."""
+    from locca import vocab
 
-    ids = list(default_vocabulary().encode(prompt))[: length - 1] + [1]  # EOS as the tasks
+    return (
+        vocab.task_vocabulary()
+        if hasattr(vocab, "task_vocabulary")
+        else (vocab.default_vocabulary())
+    )
+
+
+def _tokenize_prompt(prompt: str, length: int) -> np.ndarray:
+    ids = list(_vocabulary().encode(prompt))[: length - 1] + [1]  # EOS as the tasks
     out = np.zeros((length,), np.int32)
     out[: len(ids)] = ids
     return out
@@ -144,6 +153,11 @@ def infer(
     if image is not None or prompt is not None:
         if image is None or prompt is None:
             raise ValueError("single-image mode needs both --image and --prompt")
+        if _vocabulary().vocab_size > bundle.lm.config.vocab_size:
+            raise ValueError(
+                f"the task vocabulary has {_vocabulary().vocab_size} ids but the language "
+                f"model has vocab_size={bundle.lm.config.vocab_size}"
+            )
         pixels = _load_image(image, bundle.encoder.resolution)
         batch = {
             "image": pixels[None],
@@ -151,9 +165,7 @@ def infer(
         }
         fn = pali.make_predict_fn(bundle.model, **decode_kw)
         tokens = np.asarray(fn(trainable, frozen, batch, jax.random.PRNGKey(seed)))
-        from locca.vocab import default_vocabulary
-
-        text = common.decode_tokens(default_vocabulary(), tokens)[0]
+        text = common.decode_tokens(_vocabulary(), tokens)[0]
         boxes = _find_boxes(text, codec)
         record = {
             "image": image,
