@@ -112,7 +112,7 @@ def make_dataset(
         sequence_length=lengths,
         split=split,
         shuffle=shuffle,
-        seed=seed if shuffle else None,
+        seed=seed,  # also seeds the per-example sampling (regions, captions)
         num_epochs=num_epochs,
         shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
         use_cached=False,

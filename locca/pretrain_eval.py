@@ -315,7 +315,10 @@ class PretrainEvaluator:
             box = self.codec.decode(parsed[0]) if parsed else None
             gcap_prompts.append(parsed[0] if box is not None else None)
             gcap_boxes.append(box)
-        gcaps = self.generate(params, images, gcap_prompts, self.lengths["gcap"])
+        if "gcap" in self.tasks:
+            gcaps = self.generate(params, images, gcap_prompts, self.lengths["gcap"])
+        else:  # a captioning-only model was never asked for GCap
+            gcaps, gcap_boxes = [""] * k, [None] * k
 
         cols = min(4, k)
         rows = (k + cols - 1) // cols
