@@ -180,9 +180,11 @@ def test_greedy_decoding_with_cache_matches_full_recompute(setup):
     prefix = tokens[:, :3]
     out = decoding.greedy(step, cache, batch_size=3, max_len=L, eos_id=None, prefix=prefix)
     # Reference: re-run the full decoder on the growing sequence.
+    # Causal, so positions after i (zeros here) do not change logits[:, i].
+    full = jax.jit(lambda x: model.apply({"params": params}, enc, x))
     seq = np.zeros((3, L), np.int32)
     for i in range(L):
-        inp = np.concatenate([np.zeros((3, 1), np.int32), seq[:, :i]], 1)
-        logits = model.apply({"params": params}, enc, jnp.asarray(inp))
-        seq[:, i] = np.asarray(prefix[:, i]) if i < 3 else np.argmax(logits[:, -1], -1)
+        inp = np.concatenate([np.zeros((3, 1), np.int32), seq[:, :-1]], 1)
+        logits = full(jnp.asarray(inp))
+        seq[:, i] = np.asarray(prefix[:, i]) if i < 3 else np.argmax(logits[:, i], -1)
     np.testing.assert_array_equal(np.asarray(out), seq)
