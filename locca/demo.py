@@ -213,6 +213,21 @@ def stage_pretrain(work: str, budget: Mapping, encoders: Sequence[str] = ENCODER
 # Stage 3: transfer (the experiment runner).
 
 
+def register_demo_tasks(task_entries: Sequence[str]) -> None:
+    """Registers ``shapes_refexp_b<N>`` entries: the shapes REC task with boxes
+    written with N bins instead of 500 (``tasks.shapes_tasks.make_shapes_task``),
+    so that box tokens are learnable within the demo's few hundred steps."""
+    import re
+
+    from tasks import shapes_tasks
+
+    for t in task_entries:
+        name = t.split(":", 1)[-1]
+        m = re.fullmatch(r"shapes_refexp_b(\d+)", name)
+        if m:
+            shapes_tasks.make_shapes_task(name, "refexp", num_bins=int(m.group(1)))
+
+
 def stage_transfer(work: str, budget: Mapping, encoder_npz: Mapping[str, str]) -> dict:
     import gin
     from transfer import common, experiment
@@ -223,6 +238,7 @@ def stage_transfer(work: str, budget: Mapping, encoder_npz: Mapping[str, str]) -
         k: gin.query_parameter(f"transfer.run_experiment.{k}")
         for k in ("bindings", "rec_bindings", "encoders", "tasks")
     }
+    register_demo_tasks(kwargs["tasks"])
     steps, rec_steps = budget["transfer_steps"], budget["rec_steps"]
     n_eval, seed = budget["num_eval_examples"], budget["seed"]
     kwargs["bindings"] = [
@@ -415,11 +431,14 @@ def write_predictions(path: str, cells: Mapping, encoders: Sequence[str]) -> str
     captions, VQA, counting and text-reading answers per encoder."""
     from transfer import report as report_lib
 
+    tasks = list(dict.fromkeys(t for (_, t) in cells))
+    rec = next((t for t in tasks if t.startswith("rec_protocol:")), "")
+    ref = next((t for t in tasks if "refexp" in t and not t.startswith("rec_protocol:")), "")
     plan = [  # (cell task, position in the evaluated examples (fraction), title prefix)
-        ("rec_protocol:shapes_refexp", 0.0, "REC (frozen)"),
-        ("rec_protocol:shapes_refexp", 0.3, "REC (frozen)"),
-        ("rec_protocol:shapes_refexp", 0.6, "REC (frozen)"),
-        ("shapes_refexp", 0.9, "REC (transfer)"),
+        (rec, 0.0, "REC (frozen)"),
+        (rec, 0.3, "REC (frozen)"),
+        (rec, 0.6, "REC (frozen)"),
+        (ref, 0.9, "REC (transfer)"),
         ("shapes_caption", 0.1, "caption"),
         ("shapes_vqa", 0.4, "VQA"),
         ("shapes_tally", 0.7, "counting"),
@@ -484,46 +503,77 @@ def _iou(box, gt) -> float:
     return float(iou(box, gt))
 
 
-def verdict(table: Mapping, encoders=("cap", "cappa", "locca")) -> tuple[str, dict]:
-    """Whether LocCa beat both Cap and CapPa on the localisation columns,
-    computed from the table (frozen-encoder REC first, then transfer REC)."""
+def _noise(p1: float, p2: float, n: int) -> float:
+    """Two standard errors of a difference of two accuracies (%) on n examples."""
+    import math
+
+    if not n:
+        return 0.0
+    a, b = p1 / 100.0, p2 / 100.0
+    return 200.0 * math.sqrt((a * (1 - a) + b * (1 - b)) / n)
+
+
+def verdict(
+    table: Mapping,
+    encoders=("cap", "cappa", "locca"),
+    baselines: Mapping[str, float] | None = None,
+    num_examples: int = 0,
+) -> tuple[str, dict]:
+    """Whether LocCa beat both Cap and CapPa on the frozen-encoder REC splits,
+    computed from the table. A split counts as a win when LocCa's Acc@0.5
+    exceeds the better of Cap/CapPa by more than two standard errors of the
+    difference (binomial, ``num_examples`` per split; 0 = any margin) and the
+    trivial baseline (whole-image box) when given. Transfer REC columns are
+    listed but not counted."""
     rows = {r["encoder"]: r["values"] for r in table["rows"]}
     if not all(e in rows for e in encoders):
         return "LocCa, Cap and CapPa are not all in the table; no verdict.", {}
+    baselines = dict(baselines or {})
     loc_cols = [c for c in table["columns"] if c["metric"].endswith("acc@0.5")]
     frozen = [c for c in loc_cols if c["task"].startswith("rec_protocol:")]
-    detail, wins = {}, []
-    lines = []
+    detail, wins, lines = {}, [], []
     for c in frozen + [c for c in loc_cols if c not in frozen]:
         v = {e: rows[e].get(c["key"]) for e in encoders}
         if any(x is None for x in v.values()):
             continue
         best_other = max(v["cap"], v["cappa"])
         margin = v["locca"] - best_other
-        win = margin > 0
-        detail[c["label"]] = {**v, "margin": round(margin, 2), "locca_best": win}
+        noise = _noise(v["locca"], best_other, num_examples)
+        base = baselines.get(c["key"])
+        above_base = base is None or v["locca"] > base
+        win = margin > noise and margin > 0 and above_base
+        detail[c["label"]] = {
+            **v,
+            "margin": round(margin, 2),
+            "two_standard_errors": round(noise, 2),
+            "baseline": base,
+            "locca_best": win,
+        }
         if c in frozen:
             wins.append(win)
+        note = f"; trivial baseline {base:.2f}" if base is not None else ""
         lines.append(
             f"- {c['label']}: LocCa {v['locca']:.2f} vs Cap {v['cap']:.2f}, "
-            f"CapPa {v['cappa']:.2f} (LocCa minus the better of the two: {margin:+.2f})"
+            f"CapPa {v['cappa']:.2f} (LocCa minus the better of the two: {margin:+.2f}; "
+            f"two standard errors {noise:.2f}{note})"
         )
     if not wins:
         return "No frozen-encoder REC results in the table; no verdict.", detail
     if all(wins):
         head = (
             "**Reproduced at this scale**: LocCa's encoder beats both Cap and CapPa on "
-            "every frozen-encoder REC split"
+            "every frozen-encoder REC split, beyond noise and above the trivial baseline"
         )
     elif any(wins):
         head = (
             "**Partly reproduced at this scale**: LocCa's encoder beats both Cap and CapPa "
-            f"on {sum(wins)} of {len(wins)} frozen-encoder REC splits"
+            f"beyond noise on {sum(wins)} of {len(wins)} frozen-encoder REC splits"
         )
     else:
         head = (
-            "**Not reproduced at this scale**: LocCa's encoder does not beat both Cap and "
-            "CapPa on any frozen-encoder REC split"
+            "**Not reproduced at this scale**: on no frozen-encoder REC split does LocCa's "
+            "encoder beat both Cap and CapPa by more than two standard errors while "
+            "also beating the trivial whole-image baseline"
         )
     return head + " (Acc@0.5, higher is better):\n" + "\n".join(lines), detail
 
@@ -544,8 +594,9 @@ def stage_report(out: str, work: str, budget: Mapping, stages: Mapping, encoders
     exp_dir = os.path.join(work, "transfer")
     table = json.loads(pathlib.Path(exp_dir, "table.json").read_text())
     cells = _cells(exp_dir)
+    register_demo_tasks([t for (_, t) in cells])
     base, base_what = trivial_baselines(cells, table["columns"])
-    head, detail = verdict(table)
+    head, detail = verdict(table, baselines=base, num_examples=budget["num_eval_examples"])
     curves = write_training_curves(os.path.join(out, "training_curves.png"), work, cells, encoders)
     preds = write_predictions(os.path.join(out, "predictions.png"), cells, encoders)
     shutil.copy(os.path.join(exp_dir, "table.png"), os.path.join(out, "table.png"))

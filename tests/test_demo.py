@@ -8,7 +8,8 @@ import pytest
 from locca import demo
 
 TINY_TASKS = """
-transfer.run_experiment.tasks = ["shapes_vqa", "shapes_refexp", "rec_protocol:shapes_refexp"]
+transfer.run_experiment.tasks = ["shapes_vqa", "shapes_refexp_b32",
+                                 "rec_protocol:shapes_refexp_b32"]
 """
 
 
@@ -51,6 +52,14 @@ def test_verdict_follows_the_numbers():
         _tab({"cap": [10, 20, 5, 5], "cappa": [12, 18, 5, 5], "locca": [12, 20, 90, 90]})
     )
     assert head.startswith("**Not reproduced")  # ties are not wins; transfer REC not counted
+    # Margins within two standard errors (100 examples) or below the baseline do not count.
+    nums = {"cap": [1, 1, 0, 0], "cappa": [0, 0, 0, 0], "locca": [3, 40, 0, 0]}
+    head, detail = demo.verdict(_tab(nums), num_examples=100)
+    assert head.startswith("**Partly reproduced") and "1 of 2" in head
+    assert detail["rec_protocol:shapes_refexp/validation/acc@0.5"]["locca_best"] is False
+    base = {"rec_protocol:shapes_refexp/test/acc@0.5": 45.0}
+    head, _ = demo.verdict(_tab(nums), baselines=base, num_examples=100)
+    assert head.startswith("**Not reproduced")
     head, _ = demo.verdict(_tab({"cap": [1, 1, 1, 1], "locca": [2, 2, 2, 2]}))
     assert "no verdict" in head
 

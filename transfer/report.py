@@ -20,6 +20,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -60,6 +61,9 @@ TASK_LABELS: dict[str, str] = {
 def task_label(task: str) -> str:
     if task.startswith("rec_protocol:"):
         return "REC frozen " + task_label(task.split(":", 1)[1])
+    m = re.fullmatch(r"shapes_refexp_b(\d+)", task)
+    if m:
+        return f"RefExp ({m.group(1)} bins)"
     return TASK_LABELS.get(task, task)
 
 
