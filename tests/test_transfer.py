@@ -385,3 +385,23 @@ def test_constant_baselines_vqa():
     )
     want = vqa_accuracy(data.targets, [res["most_frequent_text"]] * 40)
     assert abs(next(iter(want.values())) - mf) < 1e-9
+
+
+def test_language_model_from_hf_checkpoint(shared_fixtures):
+    from checkpoints import hf_t5
+
+    ckpt = str(shared_fixtures / "hf_t5_v11")
+    lm = common.language_model(checkpoint=ckpt)
+    assert lm.config.vocab_size == 64 and lm.config.emb_dim == 32
+    enc = common.encoder(vit_config=VIT_SMALL, resolution=16)
+    trainable, frozen, _, _ = common.initial_params(common.build_model(encoder=enc, lm=lm))
+    _, want = hf_t5.load_hf_t5(ckpt)
+    got = jax.tree_util.tree_leaves_with_path(trainable["llm"])
+    ref = dict(jax.tree_util.tree_leaves_with_path(want))
+    assert len(got) == len(ref)
+    for path, x in got:
+        np.testing.assert_array_equal(x, ref[path])
+    # A gin T5 config that disagrees with the checkpoint is refused.
+    bad = common.default_t5_config(**{**LM_SMALL, "vocab_size": 128, "emb_dim": 32})
+    with pytest.raises(ValueError, match="disagrees with checkpoint"):
+        common.language_model(config=bad, checkpoint=ckpt)
