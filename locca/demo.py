@@ -228,12 +228,20 @@ def register_demo_tasks(task_entries: Sequence[str]) -> None:
             shapes_tasks.make_shapes_task(name, "refexp", num_bins=int(m.group(1)))
 
 
-def stage_transfer(work: str, budget: Mapping, encoder_npz: Mapping[str, str]) -> dict:
+def stage_transfer(
+    work: str,
+    budget: Mapping,
+    encoder_npz: Mapping[str, str],
+    gin_files: Sequence[str] = (),
+    bindings: Sequence[str] = (),
+) -> dict:
+    """The experiment runner over gin/demo/transfer.gin (+ the demo's override
+    files/bindings, which may also rebind ``transfer.run_experiment.*``)."""
     import gin
     from transfer import common, experiment
 
     exp_dir = os.path.join(work, "transfer")
-    experiment._configure([TRANSFER_GIN], [f"MODEL_DIR = {exp_dir!r}"], ())
+    experiment._configure([TRANSFER_GIN, *gin_files], [f"MODEL_DIR = {exp_dir!r}", *bindings], ())
     kwargs = {
         k: gin.query_parameter(f"transfer.run_experiment.{k}")
         for k in ("bindings", "rec_bindings", "encoders", "tasks")
