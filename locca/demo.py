@@ -586,6 +586,16 @@ def verdict(
     return head + " (Acc@0.5, higher is better):\n" + "\n".join(lines), detail
 
 
+def _above(values: Mapping, base: Mapping, cols: Sequence[Mapping]) -> str:
+    """'k of n columns (below: ...)' for one row against the trivial baselines."""
+    known = [c for c in cols if values.get(c["key"]) is not None and c["key"] in base]
+    above = [c for c in known if values[c["key"]] > base[c["key"]]]
+    below = [c["label"] for c in known if c not in above]
+    return f"{len(above)} of {len(known)} columns" + (
+        f" (not above: {', '.join(below)})" if below else ""
+    )
+
+
 def _md_table(columns: Sequence[str], rows: Mapping[str, Sequence]) -> str:
     lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name, vals in rows.items():
@@ -639,6 +649,13 @@ def stage_report(out: str, work: str, budget: Mapping, stages: Mapping, encoders
         "",
         "Trivial baselines (constant predictions on the same examples): "
         + "; ".join(f"{report_lib.task_label(t)}: {d}" for t, d in base_what.items())
+        + ".",
+        "",
+        "Above the trivial baseline: "
+        + "; ".join(
+            f"{DISPLAY.get(r['encoder'], r['encoder'])} {_above(r['values'], base, cols)}"
+            for r in table["rows"]
+        )
         + ".",
         "",
         "## LocCa's localisation advantage",
