@@ -139,6 +139,13 @@ def register_configurables() -> None:
     common._register(rec_protocol.rec_protocol, "rec_protocol", "transfer")
 
 
+def _seed_tf(seed: int | None) -> None:
+    if seed is not None:
+        import tensorflow as tf
+
+        tf.random.set_seed(seed)
+
+
 def _configure(gin_files: Sequence[str], bindings: Sequence[str], search: Sequence[str]) -> None:
     import gin
 
@@ -207,6 +214,7 @@ def run_experiment(
     title: str = "Encoder swap",
     gin_search_paths: Sequence[str] = (),
     on_cell: Callable[[dict], None] | None = None,
+    tf_seed: int | None = 0,
 ) -> dict:
     """Runs the missing cells of the grid and writes the table.
 
@@ -233,6 +241,9 @@ def run_experiment(
       title: the table's title.
       gin_search_paths: extra folders searched for gin files.
       on_cell: called with each newly recorded cell (progress hooks, tests).
+      tf_seed: ``tf.random.set_seed`` before each cell, so seqio's unseeded
+        random preprocessors (a sampled expression or reference at
+        evaluation) are the same in every run; None leaves it alone.
 
     Returns:
       ``{"table": table dict, "trained": [(encoder, task)...] computed now,
@@ -342,6 +353,7 @@ def run_experiment(
                 )
                 t0 = time.time()
                 _configure(files, all_b, search)
+                _seed_tf(tf_seed)
                 _write_fingerprint(model_dir, fp)
                 import gin
 
@@ -397,6 +409,7 @@ def run_experiment(
             print(f"[experiment] REC protocol {label} on {rec_task} -> {model_dir}", flush=True)
             t0 = time.time()
             _configure(files, all_b, search)
+            _seed_tf(tf_seed)
             _write_fingerprint(model_dir, fp)
             import gin
 
