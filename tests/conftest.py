@@ -15,7 +15,9 @@ SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 @pytest.fixture(scope="session")
 def shared_fixtures() -> pathlib.Path:
     if not SHARED_FIXTURES.is_dir():
-        pytest.fail(f"reference fixtures not found at {SHARED_FIXTURES} (expected ../shared/fixtures)")
+        pytest.fail(
+            f"reference fixtures not found at {SHARED_FIXTURES} (expected ../shared/fixtures)"
+        )
     return SHARED_FIXTURES
 
 
