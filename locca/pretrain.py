@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from locca.gin_flags import rewrite_gin_args
+
 log = logging.getLogger("locca.pretrain")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -369,21 +371,6 @@ def _write_model_config(model_dir: str, model, *, image_size: int, max_len: int)
 
 # ---------------------------------------------------------------------------
 # Flags, gin and main.
-
-
-def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
-    """``--gin.NAME=VALUE`` -> ``--gin_bindings=NAME = VALUE`` (as t5x)."""
-    out = []
-    for arg in argv:
-        if arg.startswith("--gin."):
-            body = arg[len("--gin.") :]
-            if "=" not in body:
-                raise ValueError(f"gin flag {arg!r} needs the form --gin.NAME=VALUE")
-            name, value = body.split("=", 1)
-            out.append(f"--gin_bindings={name} = {value}")
-        else:
-            out.append(arg)
-    return out
 
 
 _CONFIGURED = False

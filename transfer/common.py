@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from locca.gin_flags import rewrite_gin_args
 from locca.models import pali
 from locca.models import t5 as t5_lib
 
@@ -43,21 +44,6 @@ DEFAULT_GIN_SEARCH_PATHS = (str(REPO_ROOT / "gin"), str(REPO_ROOT), ".")
 
 # ---------------------------------------------------------------------------
 # Flags and gin.
-
-
-def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
-    """``--gin.NAME=VALUE`` -> ``--gin_bindings=NAME = VALUE`` (as t5x)."""
-    out = []
-    for arg in argv:
-        if arg.startswith("--gin."):
-            body = arg[len("--gin.") :]
-            if "=" not in body:
-                raise ValueError(f"gin flag {arg!r} needs the form --gin.NAME=VALUE")
-            name, value = body.split("=", 1)
-            out.append(f"--gin_bindings={name} = {value}")
-        else:
-            out.append(arg)
-    return out
 
 
 def define_gin_flags() -> None:
