@@ -69,4 +69,5 @@ def test_specific_bindings(repo_root):
     tiny = load(repo_root, "t5_tiny")
     assert (tiny.emb_dim, tiny.num_heads, tiny.head_dim, tiny.mlp_dim) == (64, 4, 16, 128)
     assert tiny.num_encoder_layers == tiny.num_decoder_layers == 2
-    assert tiny.vocab_size == 2048
+    # The shapes vocabulary has 2284 ids; the tiny model rounds up to a multiple of 128.
+    assert tiny.vocab_size == 2304
