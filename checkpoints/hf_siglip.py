@@ -32,7 +32,7 @@ import os
 import re
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -98,7 +98,7 @@ def model_config_from_hf(config: Mapping) -> dict:
     )
 
 
-def _strip_prefix(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def strip_prefix(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Keeps the vision tower's tensors, without a leading ``vision_model.``."""
     if any(k.startswith("vision_model.") for k in flat):
         return {
@@ -107,108 +107,133 @@ def _strip_prefix(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return dict(flat)
 
 
+class TensorMap:
+    """Collects big_vision-named tensors from HF vision-tower tensors.
+
+    Shared by the SigLIP and CLIP converters: HF names -> ``out`` (flat,
+    ``/``-joined big_vision names), remembering which HF tensors were used so
+    that :meth:`finish` can refuse leftovers.
+    """
+
+    def __init__(self, hf: Mapping[str, np.ndarray], num_heads: int, family: str):
+        self.hf, self.num_heads, self.family = hf, num_heads, family
+        self.out: dict[str, np.ndarray] = {}
+        self.used: set[str] = set()
+
+    def take(self, name):
+        if name not in self.hf:
+            raise KeyError(f"HF {self.family} checkpoint lacks tensor {name!r}")
+        self.used.add(name)
+        return self.hf[name]
+
+    def dense(self, src, dst):
+        self.out[f"{dst}/kernel"] = self.take(f"{src}.weight").T  # [in, out]
+        self.out[f"{dst}/bias"] = self.take(f"{src}.bias")
+
+    def ln(self, src, dst):
+        for a, b in _LN.items():
+            self.out[f"{dst}/{b}"] = self.take(f"{src}.{a}")
+
+    def attn_in(self, dst, w, b):  # w [D_out, D_in], b [D_out]
+        d = w.shape[1]
+        self.out[f"{dst}/kernel"] = w.T.reshape(d, self.num_heads, -1)  # [D, H, D/H]
+        self.out[f"{dst}/bias"] = b.reshape(self.num_heads, -1)  # [H, D/H]
+
+    def attn_out(self, dst, w, b):
+        d = w.shape[0]
+        self.out[f"{dst}/kernel"] = w.T.reshape(self.num_heads, -1, d)  # [H, D/H, D]
+        self.out[f"{dst}/bias"] = b
+
+    def encoder_layers(self):
+        """``encoder.layers.{i}`` (pre-LN blocks, separate q/k/v) -> ``encoderblock_{i}``."""
+        layers = sorted(
+            {int(m.group(1)) for k in self.hf if (m := re.match(r"encoder\.layers\.(\d+)\.", k))}
+        )
+        for i in layers:
+            s, d = f"encoder.layers.{i}", f"Transformer/encoderblock_{i}"
+            self.ln(f"{s}.layer_norm1", f"{d}/LayerNorm_0")
+            self.ln(f"{s}.layer_norm2", f"{d}/LayerNorm_1")
+            mha = f"{d}/MultiHeadDotProductAttention_0"
+            for hf_name, bv_name in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
+                self.attn_in(
+                    f"{mha}/{bv_name}",
+                    self.take(f"{s}.self_attn.{hf_name}.weight"),
+                    self.take(f"{s}.self_attn.{hf_name}.bias"),
+                )
+            self.attn_out(
+                f"{mha}/out",
+                self.take(f"{s}.self_attn.out_proj.weight"),
+                self.take(f"{s}.self_attn.out_proj.bias"),
+            )
+            self.dense(f"{s}.mlp.fc1", f"{d}/MlpBlock_0/Dense_0")
+            self.dense(f"{s}.mlp.fc2", f"{d}/MlpBlock_0/Dense_1")
+
+    def finish(self, ignore: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """``out``; ValueError if an HF tensor (other than ``ignore``) was not mapped."""
+        unused = sorted(set(self.hf) - self.used - set(ignore))
+        if unused:
+            raise ValueError(f"HF {self.family} tensors not mapped onto the ViT: {unused[:10]}")
+        return self.out
+
+
 def convert(flat: Mapping[str, np.ndarray], num_heads: int) -> dict[str, np.ndarray]:
     """HF SigLIP vision tensors -> flat big_vision names (``/``-joined).
 
     Works on any array-like supporting ``.T``/``reshape``/``transpose`` (also
     zero-stride placeholders, so it can map shapes without the data).
     """
-    hf = _strip_prefix(flat)
-    out: dict[str, np.ndarray] = {}
-    used: set[str] = set()
+    m = TensorMap(strip_prefix(flat), num_heads, "SigLIP")
+    out = m.out
+    out["embedding/kernel"] = m.take("embeddings.patch_embedding.weight").transpose(2, 3, 1, 0)
+    out["embedding/bias"] = m.take("embeddings.patch_embedding.bias")
+    out["pos_embedding"] = m.take("embeddings.position_embedding.weight")[None]
+    m.encoder_layers()
+    m.ln("post_layernorm", "Transformer/encoder_norm")
 
-    def take(name):
-        if name not in hf:
-            raise KeyError(f"HF SigLIP checkpoint lacks tensor {name!r}")
-        used.add(name)
-        return hf[name]
-
-    def dense(src, dst):
-        out[f"{dst}/kernel"] = take(f"{src}.weight").T  # [in, out]
-        out[f"{dst}/bias"] = take(f"{src}.bias")
-
-    def ln(src, dst):
-        for a, b in _LN.items():
-            out[f"{dst}/{b}"] = take(f"{src}.{a}")
-
-    def attn_in(dst, w, b):  # w [D_out, D_in], b [D_out]
-        d = w.shape[1]
-        out[f"{dst}/kernel"] = w.T.reshape(d, num_heads, -1)
-        out[f"{dst}/bias"] = b.reshape(num_heads, -1)
-
-    def attn_out(dst, w, b):
-        d = w.shape[0]
-        out[f"{dst}/kernel"] = w.T.reshape(num_heads, -1, d)
-        out[f"{dst}/bias"] = b
-
-    out["embedding/kernel"] = take("embeddings.patch_embedding.weight").transpose(2, 3, 1, 0)
-    out["embedding/bias"] = take("embeddings.patch_embedding.bias")
-    out["pos_embedding"] = take("embeddings.position_embedding.weight")[None]
-
-    layers = sorted(
-        {int(m.group(1)) for k in hf if (m := re.match(r"encoder\.layers\.(\d+)\.", k))}
-    )
-    for i in layers:
-        s, d = f"encoder.layers.{i}", f"Transformer/encoderblock_{i}"
-        ln(f"{s}.layer_norm1", f"{d}/LayerNorm_0")
-        ln(f"{s}.layer_norm2", f"{d}/LayerNorm_1")
-        mha = f"{d}/MultiHeadDotProductAttention_0"
-        for hf_name, bv_name in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
-            attn_in(
-                f"{mha}/{bv_name}",
-                take(f"{s}.self_attn.{hf_name}.weight"),
-                take(f"{s}.self_attn.{hf_name}.bias"),
-            )
-        attn_out(
-            f"{mha}/out",
-            take(f"{s}.self_attn.out_proj.weight"),
-            take(f"{s}.self_attn.out_proj.bias"),
-        )
-        dense(f"{s}.mlp.fc1", f"{d}/MlpBlock_0/Dense_0")
-        dense(f"{s}.mlp.fc2", f"{d}/MlpBlock_0/Dense_1")
-    ln("post_layernorm", "Transformer/encoder_norm")
-
-    if "head.probe" in hf:
-        out["MAPHead_0/probe"] = take("head.probe")
-        w, b = take("head.attention.in_proj_weight"), take("head.attention.in_proj_bias")
+    if "head.probe" in m.hf:
+        out["MAPHead_0/probe"] = m.take("head.probe")
+        w, b = m.take("head.attention.in_proj_weight"), m.take("head.attention.in_proj_bias")
         d = w.shape[1]
         mha = "MAPHead_0/MultiHeadDotProductAttention_0"
         for j, bv_name in enumerate(("query", "key", "value")):
-            attn_in(f"{mha}/{bv_name}", w[j * d : (j + 1) * d], b[j * d : (j + 1) * d])
-        attn_out(
+            m.attn_in(f"{mha}/{bv_name}", w[j * d : (j + 1) * d], b[j * d : (j + 1) * d])
+        m.attn_out(
             f"{mha}/out",
-            take("head.attention.out_proj.weight"),
-            take("head.attention.out_proj.bias"),
+            m.take("head.attention.out_proj.weight"),
+            m.take("head.attention.out_proj.bias"),
         )
-        ln("head.layernorm", "MAPHead_0/LayerNorm_0")
-        dense("head.mlp.fc1", "MAPHead_0/MlpBlock_0/Dense_0")
-        dense("head.mlp.fc2", "MAPHead_0/MlpBlock_0/Dense_1")
-
-    unused = sorted(set(hf) - used)
-    if unused:
-        raise ValueError(f"HF SigLIP tensors not mapped onto the ViT: {unused[:10]}")
-    return out
+        m.ln("head.layernorm", "MAPHead_0/LayerNorm_0")
+        m.dense("head.mlp.fc1", "MAPHead_0/MlpBlock_0/Dense_0")
+        m.dense("head.mlp.fc2", "MAPHead_0/MlpBlock_0/Dense_1")
+    return m.finish()
 
 
 def convert_shapes(shapes: Mapping[str, tuple], config: Mapping | None) -> dict | None:
     """Shapes-only version of :func:`convert` (for checkpoints.inspect)."""
-    hf = _strip_prefix(shapes)
+    return shapes_via(convert, model_config_from_hf, shapes, config)
+
+
+def shapes_via(convert_fn, config_fn, shapes: Mapping[str, tuple], config: Mapping | None):
+    """Runs ``convert_fn`` on zero-stride placeholders: big_vision name -> shape, or None."""
+    hf = strip_prefix(shapes)
     if "embeddings.patch_embedding.weight" not in hf or config is None:
         return None
-    heads = model_config_from_hf(config)["num_heads"]
+    heads = config_fn(config)["num_heads"]
     fake = {k: np.broadcast_to(np.float32(0), tuple(s)) for k, s in hf.items()}
-    return {k: tuple(v.shape) for k, v in convert(fake, heads).items()}
+    return {k: tuple(np.shape(v)) for k, v in convert_fn(fake, heads).items()}
 
 
-def load_hf_siglip(directory: str) -> tuple[dict, dict]:
-    """(model_config, params) from an HF SigLIP directory; params nested, numpy."""
-    from checkpoints import bv_npz
+def read_hf_dir(directory: str, model_type: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(config.json dict, {name: array} of every ``*.safetensors``) of an HF directory.
 
+    ``model_type`` is the prefix ``config["model_type"]`` must start with
+    ("siglip", "clip"). Pickled ``.bin``/``.pt`` weights are refused.
+    """
     cfg_path = os.path.join(directory, "config.json")
     with open(cfg_path) as f:
         config = json.load(f)
-    if not str(config.get("model_type", "")).startswith("siglip"):
-        raise ValueError(f"{cfg_path}: model_type {config.get('model_type')!r} is not siglip")
+    if not str(config.get("model_type", "")).startswith(model_type):
+        raise ValueError(f"{cfg_path}: model_type {config.get('model_type')!r} is not {model_type}")
     files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
     if not files:
         bad = [f for f in os.listdir(directory) if f.endswith((".bin", ".pt"))]
@@ -217,26 +242,49 @@ def load_hf_siglip(directory: str) -> tuple[dict, dict]:
     flat: dict[str, np.ndarray] = {}
     for name in files:
         flat.update(read_safetensors(os.path.join(directory, name)))
+    return config, flat
+
+
+def nested_params(flat: Mapping[str, np.ndarray]) -> dict:
+    """Flat ``/``-joined converted tensors -> nested dict of contiguous numpy arrays."""
+    from checkpoints import bv_npz
+
+    return bv_npz.unflatten({k: np.ascontiguousarray(v) for k, v in flat.items()})
+
+
+def load_hf_siglip(directory: str) -> tuple[dict, dict]:
+    """(model_config, params) from an HF SigLIP directory; params nested, numpy."""
+    config, flat = read_hf_dir(directory, "siglip")
     model_config = model_config_from_hf(config)
-    params = convert(flat, model_config["num_heads"])
-    params = {k: np.ascontiguousarray(v) for k, v in params.items()}
-    return model_config, bv_npz.unflatten(params)
+    return model_config, nested_params(convert(flat, model_config["num_heads"]))
+
+
+def apply_nchw(model_config: Mapping, params: Mapping, pixel_values: np.ndarray) -> dict:
+    """Our ViT's ``out`` dict for HF-style NCHW ``pixel_values`` (jit, float32)."""
+    import jax
+    import jax.numpy as jnp
+
+    from locca.models import vit
+
+    image = jnp.asarray(pixel_values, jnp.float32).transpose(0, 2, 3, 1)  # NCHW -> NHWC
+    model = vit.Model(**model_config)
+    _, out = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, image)
+    return out
+
+
+def read_io(directory: str) -> dict[str, np.ndarray]:
+    """The reference arrays of ``directory/io.npz`` (no pickles)."""
+    with np.load(os.path.join(directory, "io.npz"), allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
 
 
 def run_reference(directory: str) -> dict[str, tuple[float, float]]:
     """Errors of our ViT vs ``io.npz`` (pixel_values NCHW, last_hidden_state, pooler_output)."""
-    import jax
-    import jax.numpy as jnp
-
     from checkpoints.verify import compare
-    from locca.models import vit
 
     model_config, params = load_hf_siglip(directory)
-    with np.load(os.path.join(directory, "io.npz"), allow_pickle=False) as f:
-        io = {k: f[k] for k in f.files}
-    image = jnp.asarray(io["pixel_values"], jnp.float32).transpose(0, 2, 3, 1)  # NCHW -> NHWC
-    model = vit.Model(**model_config)
-    _, out = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, image)
+    io = read_io(directory)
+    out = apply_nchw(model_config, params, io["pixel_values"])
     ours = {"last_hidden_state": out["encoded"], "pooler_output": out.get("head_input")}
     return {k: compare(np.asarray(ours[k]), io[k]) for k in ours if k in io}
 

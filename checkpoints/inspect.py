@@ -6,9 +6,10 @@ PATH is a big_vision ``.npz`` (optionally ``file.npz:subtree``) or a
 ``.safetensors`` file. Only the array headers are read (shapes and dtypes), so
 large checkpoints are cheap to inspect. Prints every array's name, shape and
 dtype, the parameter count, and -- when the names follow big_vision's ViT
-layout (or Hugging Face SigLIP's ``vision_model.*``, converted by name) -- the
-inferred ViT: width, depth, mlp_dim, heads, patch, posemb, pooling, head and
-the resolution implied by the position-embedding grid times the patch size.
+layout (or Hugging Face SigLIP's / CLIP's ``vision_model.*``, converted by name,
+with the ``config.json`` beside the file) -- the inferred ViT: width, depth,
+mlp_dim, heads, patch, posemb, pooling, pre-norm, head and the resolution
+implied by the position-embedding grid times the patch size.
 """
 
 from __future__ import annotations
@@ -87,21 +88,30 @@ def read_headers(path: str) -> dict[str, tuple[tuple[int, ...], str]]:
     return read_npz_headers(path)
 
 
-def _hf_siglip_to_bv(shapes: Mapping[str, tuple], file: str) -> dict[str, tuple] | None:
-    """Maps HF SigLIP vision names to big_vision names (shapes only), if possible.
+def _hf_to_bv(shapes: Mapping[str, tuple], file: str) -> tuple[str, dict, dict] | None:
+    """Maps HF SigLIP/CLIP vision names to big_vision names (shapes only), if possible.
 
-    Needs the ``config.json`` beside ``file`` (for the number of heads).
+    Needs the ``config.json`` beside ``file`` (model type, number of heads).
+    Returns (family, {big_vision name: shape}, HF-derived ``vit.Model``
+    options that shapes cannot show: ``mlp_act``, ``ln_eps``), or None.
     """
-    from checkpoints import hf_siglip
+    from checkpoints import hf_clip, hf_siglip
 
     cfg_path = os.path.join(os.path.dirname(os.path.abspath(file)), "config.json")
     if not os.path.exists(cfg_path):
         return None
     with open(cfg_path) as f:
         config = json.load(f)
-    if not str(config.get("model_type", "")).startswith("siglip"):
-        return None
-    return hf_siglip.convert_shapes(shapes, config)
+    model_type = str(config.get("model_type", ""))
+    for prefix, family, mod in (("siglip", "SigLIP", hf_siglip), ("clip", "CLIP", hf_clip)):
+        if model_type.startswith(prefix):
+            converted = mod.convert_shapes(shapes, config)
+            if not converted:
+                return None
+            extra = mod.model_config_from_hf(config)
+            extra = {k: extra[k] for k in ("mlp_act", "ln_eps") if k in extra}
+            return family, converted, extra
+    return None
 
 
 def infer_vit_config(shapes: Mapping[str, tuple]) -> dict | None:
@@ -143,6 +153,8 @@ def infer_vit_config(shapes: Mapping[str, tuple]) -> dict | None:
         cfg["posemb"] = "sincos2d"
         cfg["resolution"] = None  # any resolution
     cfg["pool_type"] = "map" if "MAPHead_0/probe" in shapes else "tok" if "cls" in shapes else "gap"
+    if "pre_norm/scale" in shapes:
+        cfg["pre_norm"] = True
     if "pre_logits/kernel" in shapes:
         cfg["rep_size"] = int(shapes["pre_logits/kernel"][-1])
     cfg["num_classes"] = int(shapes["head/kernel"][-1]) if "head/kernel" in shapes else None
@@ -175,15 +187,17 @@ def describe(path: str, show_tree: bool = True, out=None) -> dict | None:
     if sub is None and bv_npz.is_two_tower(shapes):
         tower = {k[4:]: v for k, v in shapes.items() if k.startswith("img/")}
         print(f"two-tower checkpoint: the image tower loads as '{file}:img'", file=out)
+    extra = {}
     if "embedding/kernel" not in tower:
-        converted = _hf_siglip_to_bv(tower, file)
+        converted = _hf_to_bv(tower, file)
         if converted:
-            print("Hugging Face SigLIP vision names; mapped to big_vision names", file=out)
-            tower = converted
+            family, tower, extra = converted
+            print(f"Hugging Face {family} vision names; mapped to big_vision names", file=out)
     cfg = infer_vit_config(tower)
     if cfg is None:
         print("ViT: not recognised (no big_vision embedding/encoderblock names)", file=out)
         return None
+    cfg.update(extra)
     res = cfg["resolution"]
     res_s = f"{res[0]}x{res[1]}" if res else "any (sincos2d)"
     ph, pw = cfg["patch_size"]
@@ -192,7 +206,8 @@ def describe(path: str, show_tree: bool = True, out=None) -> dict | None:
         f"mlp_dim={cfg['mlp_dim']} heads={cfg['num_heads']} patch={ph}x{pw} "
         f"posemb={cfg['posemb']} pool={cfg['pool_type']} resolution={res_s} "
         f"classes={cfg['num_classes']} rep_size={cfg.get('rep_size', False)} "
-        f"scan={cfg['scan']}",
+        f"scan={cfg['scan']}"
+        + "".join(f" {k}={cfg[k]}" for k in ("pre_norm", "mlp_act", "ln_eps") if k in cfg),
         file=out,
     )
     return cfg

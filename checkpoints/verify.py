@@ -12,6 +12,8 @@ Directory kinds (``detect_kind``):
   the T5 module; must return an exit code or a bool).
 * ``hf_siglip``: Hugging Face SigLIP vision tower with reference outputs
   (``checkpoints.hf_siglip.verify_dir``).
+* ``hf_clip``: Hugging Face CLIP vision tower (``model_type`` "clip" or
+  "clip_vision_model") with reference outputs (``checkpoints.hf_clip.verify_dir``).
 
 Errors printed per output: ``max_abs = max|ours - ref|`` and
 ``max_rel = max_abs / max|ref|`` (norm-wise relative error, robust to
@@ -29,7 +31,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-DEFAULT_RTOL = {"bv_vit": 1e-5, "hf_t5": 1e-4, "hf_siglip": 1e-5}
+DEFAULT_RTOL = {"bv_vit": 1e-5, "hf_t5": 1e-4, "hf_siglip": 1e-5, "hf_clip": 1e-5}
 
 
 def compare(ours: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -76,9 +78,11 @@ def detect_kind(directory: str) -> str:
         return "hf_t5"
     if has_st and model_type.startswith("siglip"):
         return "hf_siglip"
+    if has_st and model_type.startswith("clip"):
+        return "hf_clip"
     raise ValueError(
         f"{directory}: unknown reference directory; expected config.json with model_config + "
-        "params.npz + io.npz (big_vision ViT), or config.json with model_type t5/siglip + "
+        "params.npz + io.npz (big_vision ViT), or config.json with model_type t5/siglip/clip + "
         f"*.safetensors (Hugging Face). Found files {sorted(files)}"
     )
 
@@ -154,6 +158,7 @@ VERIFIERS: dict[str, Callable[..., bool]] = {
     "bv_vit": verify_bv_vit,
     "hf_t5": _delegate("checkpoints.hf_t5", "Hugging Face T5"),
     "hf_siglip": _delegate("checkpoints.hf_siglip", "Hugging Face SigLIP"),
+    "hf_clip": _delegate("checkpoints.hf_clip", "Hugging Face CLIP"),
 }
 
 

@@ -132,9 +132,12 @@ def test_encoder_gin_files(path):
     vit = spec.vit_config
     assert spec.resolution % vit["patch_size"][0] == 0
     assert set(vit) >= {"width", "depth", "mlp_dim", "num_heads", "patch_size", "pool_type"}
-    # SigLIP-family and our encoders all take pixels in [-1, 1].
-    np.testing.assert_allclose(spec.preprocessing.mean, 0.5)
-    np.testing.assert_allclose(spec.preprocessing.std, 0.5)
+    # SigLIP-family and our encoders take pixels in [-1, 1]; CLIP its mean/std.
+    from locca.models import pali
+
+    clip = "clip" in path.stem
+    np.testing.assert_allclose(spec.preprocessing.mean, pali.CLIP_MEAN if clip else 0.5)
+    np.testing.assert_allclose(spec.preprocessing.std, pali.CLIP_STD if clip else 0.5)
     if "siglip" in path.stem:
         assert vit["pool_type"] == "map" and ckpt.endswith(":img")
 

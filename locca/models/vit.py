@@ -12,10 +12,19 @@ its ``.npz`` checkpoints load without renaming:
   optional ``pre_logits`` (Dense + tanh) and ``head``.
 
 LayerNorm epsilon is 1e-6 and GELU is the tanh approximation (flax defaults).
+
+Options beyond big_vision, for CLIP-style towers (defaults leave the parameter
+tree and the numerics exactly as above): ``pre_norm=True`` adds a LayerNorm
+``pre_norm`` over the whole sequence (cls token included) before the first
+block (CLIP's ``ln_pre`` / HF ``pre_layrnorm``); ``mlp_act`` picks the MLP
+activation ("gelu" tanh-approximate, "gelu_exact" erf, "quick_gelu"
+x * sigmoid(1.702 x)); ``ln_eps`` sets every LayerNorm's epsilon (CLIP: 1e-5).
+
 With ``scan=True`` the blocks are one scanned module ``Transformer/encoderblock``
 whose parameters carry a leading depth axis.
 
-Images enter as float NHWC in [-1, 1]. Every parameter carries logical axis
+Images enter as float NHWC, normalised as the weights expect ([-1, 1] for
+big_vision and SigLIP; CLIP's mean/std). Every parameter carries logical axis
 names (``nn.with_logical_partitioning``); ``nn.unbox`` / ``flax.core.meta.unbox``
 gives the plain big_vision tree.
 """
@@ -41,9 +50,12 @@ def _p(init, *names):
     return nn.with_logical_partitioning(init, tuple(names))
 
 
-def _layer_norm(name=None, dtype=None):
+MLP_ACTS = ("gelu", "gelu_exact", "quick_gelu")
+
+
+def _layer_norm(name=None, dtype=None, eps=LN_EPS):
     return nn.LayerNorm(
-        epsilon=LN_EPS,
+        epsilon=eps,
         dtype=dtype,
         scale_init=_p(nn.initializers.ones, EMBED),
         bias_init=_p(nn.initializers.zeros, EMBED),
@@ -87,12 +99,29 @@ def posemb_sincos_2d(h, w, width, temperature=10_000.0, dtype=jnp.float32):
     return jnp.asarray(pe, dtype)[None]  # [1, h*w, width]
 
 
+def quick_gelu(x):
+    """CLIP's activation: x * sigmoid(1.702 x)."""
+    return x * nn.sigmoid(1.702 * x)
+
+
+def mlp_activation(name: str):
+    """The MLP nonlinearity for ``mlp_act`` (see ``MLP_ACTS``)."""
+    if name == "gelu":
+        return nn.gelu  # tanh approximation (big_vision, SigLIP)
+    if name == "gelu_exact":
+        return lambda x: nn.gelu(x, approximate=False)  # erf (HF "gelu")
+    if name == "quick_gelu":
+        return quick_gelu
+    raise ValueError(f"Unknown mlp_act {name!r} (expected one of {MLP_ACTS})")
+
+
 class MlpBlock(nn.Module):
-    """Dense(mlp_dim) -> GELU(tanh) -> Dropout -> Dense(D)."""
+    """Dense(mlp_dim) -> activation (default tanh-GELU) -> Dropout -> Dense(D)."""
 
     mlp_dim: int | None = None  # default 4 * D
     dropout: float = 0.0
     dtype_mm: Any = "float32"
+    mlp_act: str = "gelu"  # see MLP_ACTS
 
     @nn.compact
     def __call__(self, x, deterministic=True):
@@ -105,7 +134,7 @@ class MlpBlock(nn.Module):
             kernel_init=_p(nn.initializers.xavier_uniform(), EMBED, MLP),
             bias_init=_p(bias_init, MLP),
         )(x)  # [B, L, mlp_dim]
-        x = nn.gelu(x)
+        x = mlp_activation(self.mlp_act)(x)
         x = nn.Dropout(rate=self.dropout)(x, deterministic)
         x = nn.Dense(
             d,
@@ -123,16 +152,20 @@ class Encoder1DBlock(nn.Module):
     num_heads: int = 12
     dropout: float = 0.0
     dtype_mm: Any = "float32"
+    mlp_act: str = "gelu"
+    ln_eps: float = LN_EPS
 
     @nn.compact
     def __call__(self, x, deterministic=True):
         out = {}
-        y = _layer_norm()(x)
+        y = _layer_norm(eps=self.ln_eps)(x)
         y = out["sa"] = _attention(self.num_heads, self.dtype_mm, deterministic)(y, y)
         y = nn.Dropout(rate=self.dropout)(y, deterministic)
         x = out["+sa"] = x + y
-        y = _layer_norm()(x)
-        y = out["mlp"] = MlpBlock(self.mlp_dim, self.dropout, self.dtype_mm)(y, deterministic)
+        y = _layer_norm(eps=self.ln_eps)(x)
+        y = out["mlp"] = MlpBlock(self.mlp_dim, self.dropout, self.dtype_mm, self.mlp_act)(
+            y, deterministic
+        )
         y = nn.Dropout(rate=self.dropout)(y, deterministic)
         x = out["+mlp"] = x + y
         return x, out
@@ -148,6 +181,8 @@ class Encoder(nn.Module):
     scan: bool = False
     remat_policy: str = "nothing_saveable"
     dtype_mm: Any = "float32"
+    mlp_act: str = "gelu"
+    ln_eps: float = LN_EPS
 
     @nn.compact
     def __call__(self, x, deterministic=True):
@@ -157,6 +192,8 @@ class Encoder(nn.Module):
             num_heads=self.num_heads,
             dropout=self.dropout,
             dtype_mm=self.dtype_mm,
+            mlp_act=self.mlp_act,
+            ln_eps=self.ln_eps,
         )
         if self.scan:
             policy = getattr(jax.checkpoint_policies, self.remat_policy, None)
@@ -177,7 +214,7 @@ class Encoder(nn.Module):
                     x, deterministic
                 )
         out["pre_ln"] = x
-        return _layer_norm(name="encoder_norm")(x), out
+        return _layer_norm(name="encoder_norm", eps=self.ln_eps)(x), out
 
 
 class MAPHead(nn.Module):
@@ -186,6 +223,8 @@ class MAPHead(nn.Module):
     mlp_dim: int | None = None
     num_heads: int = 12
     dtype_mm: Any = "float32"
+    mlp_act: str = "gelu"
+    ln_eps: float = LN_EPS
 
     @nn.compact
     def __call__(self, x):
@@ -195,8 +234,8 @@ class MAPHead(nn.Module):
         )
         probe = jnp.tile(probe, [n, 1, 1])  # [B, 1, D]
         x = _attention(self.num_heads, self.dtype_mm)(probe, x)  # [B, 1, D]
-        y = _layer_norm()(x)
-        x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype_mm=self.dtype_mm)(y)
+        y = _layer_norm(eps=self.ln_eps)(x)
+        x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype_mm=self.dtype_mm, mlp_act=self.mlp_act)(y)
         return x[:, 0]  # [B, D]
 
 
@@ -217,11 +256,14 @@ class _Model(nn.Module):
     scan: bool = False
     remat_policy: str = "nothing_saveable"
     dtype_mm: Any = "float32"
+    pre_norm: bool = False  # LayerNorm "pre_norm" before the blocks (CLIP's ln_pre)
+    mlp_act: str = "gelu"  # "gelu" (tanh) | "gelu_exact" (erf) | "quick_gelu" (CLIP)
+    ln_eps: float = LN_EPS  # every LayerNorm's epsilon (CLIP: 1e-5)
 
     @nn.compact
     def __call__(self, image, *, train=False):
         out = {}
-        image = jnp.asarray(image, self.dtype_mm)  # [B, H, W, 3] in [-1, 1]
+        image = jnp.asarray(image, self.dtype_mm)  # [B, H, W, 3] normalised
         patch = tuple(self.patch_size)
         x = out["stem"] = nn.Conv(
             self.width,
@@ -254,6 +296,9 @@ class _Model(nn.Module):
             cls = self.param("cls", cls_init, (1, 1, c), x.dtype)
             x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]), x], axis=1)  # [B, 1+N, D]
 
+        if self.pre_norm:
+            x = out["pre_norm"] = _layer_norm(name="pre_norm", eps=self.ln_eps)(x)  # [B, L, D]
+
         x = nn.Dropout(rate=self.dropout)(x, not train)
         x, out["encoder"] = Encoder(
             depth=self.depth,
@@ -263,13 +308,19 @@ class _Model(nn.Module):
             scan=self.scan,
             remat_policy=self.remat_policy,
             dtype_mm=self.dtype_mm,
+            mlp_act=self.mlp_act,
+            ln_eps=self.ln_eps,
             name="Transformer",
         )(x, deterministic=not train)
         encoded = out["encoded"] = x  # [B, L, D] after encoder_norm
 
         if self.pool_type == "map":
             x = out["head_input"] = MAPHead(
-                num_heads=self.num_heads, mlp_dim=self.mlp_dim, dtype_mm=self.dtype_mm
+                num_heads=self.num_heads,
+                mlp_dim=self.mlp_dim,
+                dtype_mm=self.dtype_mm,
+                mlp_act=self.mlp_act,
+                ln_eps=self.ln_eps,
             )(x)
         elif self.pool_type == "gap":
             x = out["head_input"] = jnp.mean(x, axis=1)
