@@ -39,10 +39,7 @@ are CLIP-normalised ``(x/255 - mean) / std`` (``CLIP_MEAN``/``CLIP_STD``).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -169,43 +166,29 @@ def export_npz(directory: str, out: str) -> dict:
     """Writes the tower as a big_vision npz ``out`` plus sidecar ``<out>.json``.
 
     The sidecar (read by ``transfer.encoder`` when its gin gives no
-    ``vit_config``) holds the ViT config, the resolution and CLIP's mean/std.
-    Returns the sidecar dict.
+    ``vit_config``) holds the ViT config, the resolution and CLIP's mean/std
+    (``hf_siglip.export_hf_npz``, shared with SigLIP). Returns the sidecar dict.
     """
-    from checkpoints import bv_npz
-
-    config, flat = hf_siglip.read_hf_dir(directory, "clip")
-    model_config = model_config_from_hf(config)
-    params = convert(flat, model_config["num_heads"])
-    bv_npz.save_npz(out, hf_siglip.nested_params(params))
-    vit_config = {k: v for k, v in model_config.items() if k != "num_classes"}
-    sidecar = {
-        "format": "big_vision ViT npz ('/'-joined parameter names)",
-        "vit_config": {**vit_config, "patch_size": list(vit_config["patch_size"])},
-        "resolution": image_size(config),
-        "mean": list(CLIP_MEAN),
-        "std": list(CLIP_STD),
-        "source": {"hf_clip_dir": os.path.abspath(directory)},
-        "num_params": int(sum(np.prod(np.shape(v)) for v in params.values())),
-    }
-    side = re.sub(r"\.npz$", "", out) + ".json"
-    tmp = side + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(sidecar, f, indent=2, sort_keys=True)
-    os.replace(tmp, side)
-    return sidecar
+    return hf_siglip.export_hf_npz(
+        directory,
+        out,
+        family="clip",
+        model_type="clip",
+        model_config_fn=model_config_from_hf,
+        convert_fn=convert,
+        image_size_fn=image_size,
+        pixels={"mean": CLIP_MEAN, "std": CLIP_STD},
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("directory", help="HF CLIP directory (config.json + model.safetensors)")
-    ap.add_argument("--out", help="write a big_vision npz (+ sidecar JSON) instead of verifying")
-    args = ap.parse_args(argv)
-    if args.out:
-        side = export_npz(args.directory, args.out)
-        print(f"wrote {args.out}: {side['num_params']:,} parameters, {side['vit_config']}")
-        return 0
-    return 0 if verify_dir(args.directory) else 1
+    return hf_siglip.cli(
+        argv,
+        description=__doc__.splitlines()[0],
+        family="CLIP",
+        verify_fn=verify_dir,
+        export_fn=export_npz,
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Hugging Face SigLIP vision tower (safetensors) -> our big_vision-named ViT.
+r"""Hugging Face SigLIP vision tower (safetensors) -> our big_vision-named ViT.
+
+    python -m checkpoints.hf_siglip DIR                    # parity vs DIR/io.npz
+    python -m checkpoints.hf_siglip DIR --out siglip.npz   # big_vision npz + siglip.json
 
 A directory written by ``SiglipVisionModel.save_pretrained`` (``config.json``
 with ``model_type`` "siglip_vision_model", ``model.safetensors``) or by
@@ -22,17 +25,26 @@ LayerNorm weight -> scale):
   ``MAPHead_0/{probe, MultiHeadDotProductAttention_0, LayerNorm_0, MlpBlock_0}``
 
 Outputs: HF ``last_hidden_state`` = our ``out["encoded"]``; HF ``pooler_output``
-= our ``out["head_input"]`` (MAP pooling). HF takes NCHW pixels, we take NHWC.
+= our ``out["head_input"]`` (MAP pooling). HF takes NCHW pixels, we take NHWC;
+SigLIP pixels are ``x / 127.5 - 1`` (value range [-1, 1]).
+
+Export (shared with ``checkpoints.hf_clip`` via :func:`export_hf_npz`): a
+big_vision npz (single tower, no ``:img`` subtree) and a sidecar ``X.json``
+beside it (``vit_config``, ``resolution``, ``value_range`` [-1, 1]) that
+``transfer.encoder`` reads when its gin file gives no ``vit_config``.
+HF SigLIP's ``gelu_pytorch_tanh`` and ``layer_norm_eps`` 1e-6 are our ViT's
+defaults (``mlp_act="gelu"``, ``ln_eps=1e-6``), so the config omits them.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 import struct
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -96,6 +108,11 @@ def model_config_from_hf(config: Mapping) -> dict:
         posemb="learn",
         pool_type="map" if vc.get("vision_use_head", True) else "none",
     )
+
+
+def image_size(config: Mapping) -> int:
+    """The input resolution (pixels, square) the checkpoint was trained at."""
+    return int(vision_config(config).get("image_size", 224))
 
 
 def strip_prefix(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -296,5 +313,93 @@ def verify_dir(directory: str, rtol: float = 1e-5) -> bool:
     return report(os.path.basename(os.path.normpath(directory)), run_reference(directory), rtol)
 
 
+def export_hf_npz(
+    directory: str,
+    out: str,
+    *,
+    family: str,
+    model_type: str,
+    model_config_fn: Callable[[Mapping], dict],
+    convert_fn: Callable[[Mapping, int], dict],
+    image_size_fn: Callable[[Mapping], int],
+    pixels: Mapping,
+) -> dict:
+    """An HF vision tower -> big_vision npz ``out`` + sidecar ``<out minus .npz>.json``.
+
+    The one export of the HF converters (SigLIP here, CLIP in ``hf_clip``):
+    reads ``directory`` (:func:`read_hf_dir` with ``model_type``), maps it with
+    ``convert_fn(flat, num_heads)`` and writes the npz atomically. The sidecar
+    holds ``vit_config`` (``model_config_fn(config)`` without num_classes),
+    ``resolution`` (``image_size_fn(config)``), the pixel normalisation
+    ``pixels`` (``value_range`` or ``mean``/``std``), ``source``
+    (``{"hf_<family>_dir": abs path}``) and ``num_params``. Returns the sidecar.
+    """
+    from checkpoints import bv_npz
+
+    config, flat = read_hf_dir(directory, model_type)
+    model_config = model_config_fn(config)
+    params = convert_fn(flat, model_config["num_heads"])
+    bv_npz.save_npz(out, nested_params(params))
+    vit_config = {k: v for k, v in model_config.items() if k != "num_classes"}
+    sidecar = {
+        "format": "big_vision ViT npz ('/'-joined parameter names)",
+        "vit_config": {**vit_config, "patch_size": list(vit_config["patch_size"])},
+        "resolution": image_size_fn(config),
+        **{k: list(v) for k, v in pixels.items()},
+        "source": {f"hf_{family}_dir": os.path.abspath(directory)},
+        "num_params": int(sum(np.prod(np.shape(v)) for v in params.values())),
+    }
+    side = re.sub(r"\.npz$", "", out) + ".json"
+    tmp = side + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(sidecar, f, indent=2, sort_keys=True)
+    os.replace(tmp, side)
+    return sidecar
+
+
+SIGLIP_VALUE_RANGE = (-1.0, 1.0)  # pixels / 127.5 - 1
+
+
+def export_npz(directory: str, out: str) -> dict:
+    """Writes the tower as a big_vision npz ``out`` plus sidecar ``<out>.json``.
+
+    The sidecar holds the ViT config, the resolution and SigLIP's value range
+    [-1, 1]. Returns the sidecar dict.
+    """
+    return export_hf_npz(
+        directory,
+        out,
+        family="siglip",
+        model_type="siglip",
+        model_config_fn=model_config_from_hf,
+        convert_fn=convert,
+        image_size_fn=image_size,
+        pixels={"value_range": SIGLIP_VALUE_RANGE},
+    )
+
+
+def cli(argv, *, description: str, family: str, verify_fn, export_fn) -> int:
+    """``python -m checkpoints.hf_<family> DIR [--out X.npz]``: verify, or export."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("directory", help=f"HF {family} directory (config.json + model.safetensors)")
+    ap.add_argument("--out", help="write a big_vision npz (+ sidecar JSON) instead of verifying")
+    args = ap.parse_args(argv)
+    if args.out:
+        side = export_fn(args.directory, args.out)
+        print(f"wrote {args.out}: {side['num_params']:,} parameters, {side['vit_config']}")
+        return 0
+    return 0 if verify_fn(args.directory) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli(
+        argv,
+        description=__doc__.splitlines()[0],
+        family="SigLIP",
+        verify_fn=verify_dir,
+        export_fn=export_npz,
+    )
+
+
 if __name__ == "__main__":
-    sys.exit(0 if verify_dir(sys.argv[1]) else 1)
+    sys.exit(main())

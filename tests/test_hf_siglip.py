@@ -112,3 +112,65 @@ def test_inspect_safetensors(tiny):
     )
     assert (cfg["width"], cfg["depth"], cfg["num_heads"], cfg["mlp_dim"]) == (32, 2, 4, 64)
     assert cfg["pool_type"] == "map" and cfg["resolution"] == (32, 32)
+
+
+def test_export_npz_loads_for_transfer(tiny, tmp_path, capsys):
+    """HF dir -> npz + sidecar (CLI) -> transfer.encoder (config from the sidecar) ->
+    load_vit_params -> the transformers outputs of io.npz; pixels in [-1, 1]."""
+    import jax
+    import jax.numpy as jnp
+
+    from checkpoints import bv_npz
+    from locca.models import vit
+    from transfer import common
+
+    npz = str(tmp_path / "siglip_tiny.npz")
+    assert hf_siglip.main([str(tiny), "--out", npz]) == 0
+    assert "32,352 parameters" in capsys.readouterr().out
+    sidecar = json.loads((tmp_path / "siglip_tiny.json").read_text())
+    assert sidecar["resolution"] == 32 and sidecar["value_range"] == [-1.0, 1.0]
+    assert "mean" not in sidecar and sidecar["num_params"] == 32352
+    spec = common.encoder(checkpoint=npz, vit_config=None, resolution=32)
+    cfg, _ = hf_siglip.load_hf_siglip(str(tiny))
+    assert spec.vit_config == {k: v for k, v in cfg.items() if k != "num_classes"}
+    u8 = np.arange(32 * 32 * 3).reshape(1, 32, 32, 3) % 256
+    x = np.asarray(spec.preprocessing(jnp.asarray(u8, jnp.uint8)))
+    np.testing.assert_allclose(x, u8 / 127.5 - 1, rtol=1e-6, atol=1e-6)
+    model = vit.Model(**spec.vit_config)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+    init = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), bv_npz._unbox(shapes["params"]))
+    params = bv_npz.load_vit_params(init, npz, dict(spec.vit_config))
+    io_ = hf_siglip.read_io(str(tiny))
+    out = hf_siglip.apply_nchw(spec.vit_config, params, io_["pixel_values"])
+    for key, ours in (("last_hidden_state", out["encoded"]), ("pooler_output", out["head_input"])):
+        _, rel = verify.compare(np.asarray(ours), io_[key])
+        assert rel <= 1e-5, (key, rel)
+
+
+def test_hf_gin_matches_converter_for_siglip_base(repo_root):
+    """gin/encoders/siglip_b16_224_hf.gin = what the converter writes for HF
+    "google/siglip-base-patch16-224" (its config.json keeps SiglipVisionConfig's defaults:
+    768 wide, 12 deep, MLP 3072, 12 heads, patch 16, 224 px, gelu_pytorch_tanh, eps 1e-6)."""
+    import gin
+    from transfer import common
+
+    hf_config = {"model_type": "siglip", "vision_config": {"model_type": "siglip_vision_model"}}
+    want = hf_siglip.model_config_from_hf(hf_config)
+    want.pop("num_classes")
+    common.register_configurables()
+    gin.clear_config()
+    try:
+        common.parse_gin(
+            ["runs/finetune.gin", str(repo_root / "gin/encoders/siglip_b16_224_hf.gin")],
+            ["MODEL_DIR = '/tmp/unused'", "MIXTURE_OR_TASK_NAME = 'shapes_vqa'"],
+        )
+        ckpt = gin.query_parameter("%ENCODER_CHECKPOINT")
+        gin.bind_parameter("transfer.encoder.checkpoint", None)
+        spec = gin.get_configurable("transfer.encoder")()
+    finally:
+        gin.clear_config()
+    assert ckpt.endswith(".npz") and ":" not in ckpt  # single tower, not big_vision's ":img"
+    assert spec.vit_config == want
+    assert want["pool_type"] == "map" and want["patch_size"] == (16, 16) and want["width"] == 768
+    assert spec.resolution == hf_siglip.image_size(hf_config) == 224
+    assert spec.preprocessing.mean == (0.5,) * 3 and spec.preprocessing.std == (0.5,) * 3
