@@ -141,6 +141,27 @@ def save_npz(path: str | os.PathLike, tree: Mapping) -> None:
         raise
 
 
+def save_sidecar(npz_path: str | os.PathLike, sidecar: Mapping) -> str:
+    """Writes ``sidecar`` as ``X.json`` beside ``X.npz`` atomically; returns its path.
+
+    The sidecar describes an exported encoder (ViT config, resolution, pixel
+    range); ``transfer.encoder`` reads it when its gin gives no ``vit_config``.
+    """
+    import json
+
+    side = re.sub(r"\.npz$", "", os.fspath(npz_path)) + ".json"
+    tmp = side + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(dict(sidecar), f, indent=2, sort_keys=True)
+        os.replace(tmp, side)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return side
+
+
 # ----------------------------------------------------------------------------- ViT loading
 
 

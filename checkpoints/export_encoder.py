@@ -101,11 +101,7 @@ def export_encoder(model_dir: str, out: str, step: int | None = None) -> dict:
             sum(np.prod(v.shape) for v in bv_npz.flatten(params["encoder"]).values())
         ),
     }
-    side = re.sub(r"\.npz$", "", out) + ".json"
-    tmp = side + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(sidecar, f, indent=2, sort_keys=True)
-    os.replace(tmp, side)
+    bv_npz.save_sidecar(out, sidecar)
     return sidecar
 
 

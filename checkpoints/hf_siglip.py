@@ -349,11 +349,7 @@ def export_hf_npz(
         "source": {f"hf_{family}_dir": os.path.abspath(directory)},
         "num_params": int(sum(np.prod(np.shape(v)) for v in params.values())),
     }
-    side = re.sub(r"\.npz$", "", out) + ".json"
-    tmp = side + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(sidecar, f, indent=2, sort_keys=True)
-    os.replace(tmp, side)
+    bv_npz.save_sidecar(out, sidecar)
     return sidecar
 
 

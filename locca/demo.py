@@ -486,7 +486,9 @@ def write_predictions(path: str, cells: Mapping, encoders: Sequence[str]) -> str
         for e, r in recs.items():
             box = r["postprocessed"] if is_box else None
             preds[DISPLAY.get(e, e)] = {
-                "text": f"IoU {_iou(box, tgt['box']):.2f}" if is_box else r["postprocessed"],
+                "text": _box_text(box, tgt["box"], r.get("prediction", ""))
+                if is_box
+                else r["postprocessed"],
                 "box": box,
             }
         examples.append(
@@ -503,12 +505,13 @@ def write_predictions(path: str, cells: Mapping, encoders: Sequence[str]) -> str
     )
 
 
-def _iou(box, gt) -> float:
+def _box_text(box, gt, raw: str) -> str:
+    """The panel line of a box prediction: its IoU, or the raw text when it is no box."""
     if box is None:
-        return 0.0
+        return f"no box: {raw!r}"
     from locca.boxes import iou
 
-    return float(iou(box, gt))
+    return f"IoU {float(iou(box, gt)):.2f}"
 
 
 def _noise(p1: float, p2: float, n: int) -> float:
