@@ -10,6 +10,7 @@ removed. Pickles are never loaded (``allow_pickle=False``).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -147,8 +148,6 @@ def save_sidecar(npz_path: str | os.PathLike, sidecar: Mapping) -> str:
     The sidecar describes an exported encoder (ViT config, resolution, pixel
     range); ``transfer.encoder`` reads it when its gin gives no ``vit_config``.
     """
-    import json
-
     side = re.sub(r"\.npz$", "", os.fspath(npz_path)) + ".json"
     tmp = side + ".tmp"
     try:

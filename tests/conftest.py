@@ -24,3 +24,13 @@ def shared_fixtures() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
     return REPO_ROOT
+
+
+@pytest.fixture
+def clean_gin():
+    """A test that parses gin starts and ends with an empty gin config."""
+    import gin
+
+    gin.clear_config()
+    yield
+    gin.clear_config()

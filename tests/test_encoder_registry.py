@@ -48,7 +48,7 @@ from locca.gin_flags import rewrite_gin_args
 from locca.models import vit
 from transfer import common
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_gin")]
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENCODER_FILES = sorted((REPO / "gin" / "encoders").glob("*.gin"))
@@ -225,13 +225,6 @@ def _compilation_cache(tmp_path_factory):
     for k, v in old.items():
         jax.config.update(k, v)
     compilation_cache.reset_cache()
-
-
-@pytest.fixture(autouse=True)
-def _clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 def test_registry_is_covered():

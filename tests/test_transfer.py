@@ -92,11 +92,7 @@ def _final_params(model_dir):
     }, step
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 # ---------------------------------------------------------------------------
