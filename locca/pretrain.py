@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from locca.gin_flags import rewrite_gin_args
+from locca.gin_flags import check_gin_config, rewrite_gin_args
 
 log = logging.getLogger("locca.pretrain")
 
@@ -411,6 +411,7 @@ def parse_gin(
             raise FileNotFoundError(f"gin file {f!r} not found (search paths: {paths})")
         files.append(found[0])
     gin.parse_config_files_and_bindings(files, list(gin_bindings))
+    check_gin_config(files, search_paths)  # a typo'd --gin.NAME is an error, not a new macro
 
 
 def run_from_gin() -> Any:

@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from locca.gin_flags import rewrite_gin_args
+from locca.gin_flags import check_gin_config, rewrite_gin_args
 from locca.models import pali
 from locca.models import t5 as t5_lib
 
@@ -75,6 +75,7 @@ def parse_gin(
     gin.parse_config_files_and_bindings(
         list(gin_files), list(gin_bindings), finalize_config=False, skip_unknown=False
     )
+    check_gin_config(gin_files, gin_search_paths)  # a typo'd --gin.NAME is an error
 
 
 _REGISTERED = False
