@@ -435,7 +435,11 @@ def _write_gin_config(model_dir: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    import sys
+
     from absl import app, flags
+
+    from locca import cli
 
     flags.DEFINE_multi_string("gin_file", [], "Gin config files (repeatable).")
     flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings; also --gin.NAME=VALUE.")
@@ -447,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     def _main(args):
         del args
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        cli.quiet_library_info()
         maybe_initialize_distributed()
         f = flags.FLAGS
         if not f.gin_file:
@@ -454,7 +459,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         parse_gin(f.gin_file, f.gin_bindings, f.gin_search_paths)
         run_from_gin()
 
-    app.run(_main, argv=argv, flags_parser=parser)
+    # One clear error line (--verbose / LOCCA_DEBUG=1: the traceback); see locca/cli.py.
+    argv = cli.take_cli_options(sys.argv if argv is None else argv)
+    cli.guard(app.run, _main, argv=argv, flags_parser=parser)
 
 
 if __name__ == "__main__":
