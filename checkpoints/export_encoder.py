@@ -118,4 +118,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from locca import cli
+
+    cli.run(main)

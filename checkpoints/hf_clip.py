@@ -192,4 +192,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from locca import cli
+
+    sys.exit(cli.run(main))

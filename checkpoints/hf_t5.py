@@ -390,4 +390,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from locca import cli
+
+    raise SystemExit(cli.run(main))

@@ -814,4 +814,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from locca import cli
+
+    raise SystemExit(cli.run(main))

@@ -103,4 +103,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from locca import cli
+
+    sys.exit(cli.run(main))

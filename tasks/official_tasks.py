@@ -51,7 +51,7 @@ def _dirs(key: str, data_dir, image_dir):
 
 
 def make_source(name, key, reader, splits, kind, *, data_dir=None, image_dir=None,
-                skip_missing_images=False, **reader_kwargs) -> RecordSource:  # fmt: skip
+                skip_missing_images=None, **reader_kwargs) -> RecordSource:  # fmt: skip
     """A RecordSource calling `reader(split, data_dir, image_dir, **kw)` lazily."""
 
     def records_fn(split):

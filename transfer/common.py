@@ -129,8 +129,15 @@ def set_data_dir(data_dir: str | None) -> None:
 
 
 def run(main) -> None:
-    """absl ``app.run`` with gin flags parsed before ``main(argv)``."""
+    """absl ``app.run`` with gin flags parsed before ``main(argv)``; a failure
+    is one ``error:`` line and exit status 1 (``--verbose``: the traceback;
+    ``--skip_missing_images``: skip and count records without a readable
+    image; see locca/cli.py)."""
+    import sys
+
     from absl import app, flags
+
+    from locca import cli
 
     define_gin_flags()
     register_configurables()
@@ -139,10 +146,11 @@ def run(main) -> None:
         return flags.FLAGS(rewrite_gin_args(argv))
 
     def wrapped(argv):
+        cli.quiet_library_info()
         parse_gin(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings, flags.FLAGS.gin_search_paths)
         return main(argv)
 
-    app.run(wrapped, flags_parser=parser)
+    cli.guard(app.run, wrapped, argv=cli.take_cli_options(sys.argv), flags_parser=parser)
 
 
 def write_gin_config(model_dir: str | None, name: str = "config.gin") -> None:

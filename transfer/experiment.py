@@ -507,6 +507,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    import sys
+
     from absl import app, flags
 
     common.define_gin_flags()
@@ -520,4 +522,6 @@ if __name__ == "__main__":
         common.parse_gin(f.gin_file, f.gin_bindings, f.gin_search_paths)
         return main(argv)
 
-    app.run(_wrapped, flags_parser=_parser)
+    from locca import cli  # one error line per failure (--verbose: the traceback)
+
+    cli.guard(app.run, _wrapped, argv=cli.take_cli_options(sys.argv), flags_parser=_parser)

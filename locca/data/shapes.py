@@ -876,4 +876,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from locca import cli
+
+    raise SystemExit(cli.run(main))

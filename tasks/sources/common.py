@@ -6,9 +6,11 @@ them into a seqio DataSource whose tf.data pipeline yields the raw schema of
 tasks/preprocessors.py. Images are not read here: a record carries
 `image/path`, read lazily inside tf.data by `preprocessors.load_image`.
 
-Errors name the file and the record and say what was expected. Missing
-images raise by default; with `skip_missing_images=True` they are skipped,
-counted per source and logged (`skip_counts()` returns the counters so an
+Errors name the file and the record and say what was expected. Missing,
+non-image and truncated image files raise by default; with
+`skip_missing_images=True` (or `$LOCCA_SKIP_MISSING_IMAGES=1`, set by every
+entry point's `--skip_missing_images` flag) they are skipped, counted per
+source and reason and logged (`skip_counts()` returns the counters so an
 evaluation can write them beside its metrics).
 """
 
@@ -135,6 +137,50 @@ def xywh_to_yxyx(bbox, width: float, height: float, where: str) -> list[float]:
     return [min(1.0, max(0.0, v)) for v in box]
 
 
+# ------------------------------------------------------------------ images
+
+SKIP_ENV = "LOCCA_SKIP_MISSING_IMAGES"
+SKIP_HINT = (
+    "to skip and count such records: the --skip_missing_images flag, "
+    f"{SKIP_ENV}=1, or skip_missing_images=True in the task factory"
+)
+_MAGIC = {  # leading bytes of the formats tf.io.decode_image reads
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+}
+
+
+def image_problem(path: str) -> tuple[str, str] | None:
+    """None for a plausible image file, else (reason, description): reason
+    ``missing_image``, ``not_an_image`` (no JPEG/PNG/GIF/BMP signature) or
+    ``truncated_image`` (a JPEG without its end marker, a PNG without IEND).
+    Reads the first and last bytes only (no decode)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 4096))
+            tail = f.read()
+    except FileNotFoundError:
+        return "missing_image", "file not found"
+    except OSError as e:
+        return "missing_image", f"cannot be read ({e.strerror or e})"
+    kind = next((k for m, k in _MAGIC.items() if head.startswith(m)), None)
+    if kind is None:
+        return "not_an_image", (
+            f"not a JPEG/PNG/GIF/BMP file ({size} bytes, starts with {head[:8]!r})"
+        )
+    if kind == "JPEG" and b"\xff\xd9" not in tail:
+        return "truncated_image", f"truncated JPEG ({size} bytes, no end-of-image marker)"
+    if kind == "PNG" and b"IEND" not in tail:
+        return "truncated_image", f"truncated PNG ({size} bytes, no IEND chunk)"
+    return None
+
+
 # ------------------------------------------------------------------ skip counters
 
 
@@ -227,8 +273,9 @@ class RecordSource(seqio.DataSource):
         requested, never at registration).
       splits: split names.
       keys: which raw features records carry (keys of SIGNATURES).
-      skip_missing_images: skip (and count) records whose `image/path` does
-        not exist instead of raising.
+      skip_missing_images: skip (and count, by reason) records whose
+        `image/path` is missing, not an image or truncated, instead of
+        raising; None (default) = `$LOCCA_SKIP_MISSING_IMAGES`.
     """
 
     def __init__(
@@ -237,13 +284,21 @@ class RecordSource(seqio.DataSource):
         records_fn: Callable[[str], list[dict]],
         splits: Sequence[str],
         keys: Sequence[str],
-        skip_missing_images: bool = False,
+        skip_missing_images: bool | None = None,
     ):
         self._name = name
         self._records_fn = records_fn
         self._keys = tuple(keys)
         self.skip_missing_images = skip_missing_images
         super().__init__(splits=tuple(splits), num_input_examples=None)
+
+    @property
+    def skip(self) -> bool:
+        """``skip_missing_images``; None = ``$LOCCA_SKIP_MISSING_IMAGES`` (the
+        entry points' ``--skip_missing_images`` flag sets it)."""
+        if self.skip_missing_images is not None:
+            return bool(self.skip_missing_images)
+        return os.environ.get(SKIP_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
     @property
     def supports_arbitrary_sharding(self) -> bool:
@@ -272,11 +327,20 @@ class RecordSource(seqio.DataSource):
         for j in order[shard_index::num_shards]:
             rec = recs[int(j)]
             path = rec.get("image/path")
-            if path is not None and not os.path.isfile(path):
-                msg = f"{self._name}: record {rec.get('id')}: image not found: {path}"
-                if not self.skip_missing_images:
-                    raise FileNotFoundError(msg + " (pass skip_missing_images=True to skip)")
-                counter.add("missing_image", path)
+            problem = None if path is None else image_problem(path)
+            if problem is not None:
+                reason, what = problem
+                if not self.skip:
+                    rid = rec.get("id")
+                    if reason == "missing_image":
+                        raise FileNotFoundError(
+                            f"{self._name}: record {rid}: image not found: {path} "
+                            f"({what}; {SKIP_HINT})"
+                        )
+                    raise DataFormatError(
+                        f"{self._name}: record {rid}: image {path}: {what} ({SKIP_HINT})"
+                    )
+                counter.add(reason, path)
                 continue
             yield to_tensors(rec, self._keys)
         if counter.total:
