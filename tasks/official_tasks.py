@@ -19,12 +19,18 @@ Pretraining: coco_pretrain (coco), vg_pretrain (vg), refcoco_pretrain
 Each `make_*_task` factory registers a variant under another name with an
 explicit data_dir / image_dir / image_size / skip_missing_images (entry points
 bind these with gin). Image folders default to the data dir; override with
-`image_dir=` or `set_data_dir("<key>_images", path)`.
+`image_dir=` or `set_data_dir("<key>_images", path)`. Datasets over COCO
+images (VQAv2, OK-VQA, RefCOCO/+/g, TallyQA's COCO part, refcoco_pretrain)
+find them under `$LOCCA_DATA_DIR/coco/{train2014,val2014,...}` (or a `coco/`
+folder beside their own) unless their own folder holds COCO folders; per
+dataset: `coco_image_dir=` (see `coco_image_root`). skip_missing_images
+defaults to `$LOCCA_SKIP_MISSING_IMAGES` (the entry points' --skip_missing_images).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 from tasks import registry
 from tasks.shapes_tasks import _METRICS
@@ -50,13 +56,55 @@ def _dirs(key: str, data_dir, image_dir):
     return d, image_dir or registry.image_dir_override(key) or d
 
 
+COCO_FOLDERS = ("train2014", "val2014", "test2015", "train2017", "val2017", "test2017")
+
+
+def _has_coco_folders(d: str) -> bool:
+    return any(os.path.isdir(os.path.join(d, f)) for f in COCO_FOLDERS)
+
+
+def coco_image_root(dataset_dir: str, coco_image_dir: str | None = None) -> str | None:
+    """Where the COCO image folders (``train2014/``, ``val2014/``...) of a
+    dataset that refers to COCO images are, or None (then: ``dataset_dir``).
+
+    In order: ``coco_image_dir`` (the per-dataset override), the dataset's own
+    folder when it holds COCO folders itself (the older layout), the COCO
+    folder (``set_data_dir("coco_images" | "coco", ...)`` or
+    ``$LOCCA_DATA_DIR/coco``), a ``coco/`` folder beside the dataset's folder.
+    """
+    if coco_image_dir:
+        return os.fspath(coco_image_dir)
+    if _has_coco_folders(dataset_dir):
+        return None
+    candidates = [registry.image_dir_override("coco")]
+    try:
+        candidates.append(registry.resolve_data_dir("coco"))
+    except FileNotFoundError:
+        pass
+    candidates.append(os.path.join(os.path.dirname(os.path.abspath(dataset_dir)), "coco"))
+    return next((c for c in candidates if c and os.path.isdir(c)), None)
+
+
 def make_source(name, key, reader, splits, kind, *, data_dir=None, image_dir=None,
-                skip_missing_images=None, **reader_kwargs) -> RecordSource:  # fmt: skip
-    """A RecordSource calling `reader(split, data_dir, image_dir, **kw)` lazily."""
+                skip_missing_images=None, coco_images=None, coco_image_dir=None,
+                **reader_kwargs) -> RecordSource:  # fmt: skip
+    """A RecordSource calling `reader(split, data_dir, image_dir, **kw)` lazily.
+
+    coco_images: None (the dataset has its own images), "all" (every image is
+    a COCO image: image_dir defaults to :func:`coco_image_root`) or "part"
+    (some are: the reader gets ``coco_image_dir=``). ``coco_image_dir``
+    overrides where this dataset's COCO images are.
+    """
 
     def records_fn(split):
         d, i = _dirs(key, data_dir, image_dir)
-        return reader(split, d, i, **reader_kwargs)
+        kw = dict(reader_kwargs)
+        explicit = image_dir or registry.image_dir_override(key)
+        if coco_images == "all" and not explicit:
+            i = coco_image_root(d, coco_image_dir) or d
+        elif coco_images == "part":
+            kw["coco_image_dir"] = coco_image_dir or (None if explicit else coco_image_root(d))
+        return reader(split, d, i, **kw)
 
     return RecordSource(name, records_fn, splits, KEYS[kind], skip_missing_images)
 
@@ -107,13 +155,17 @@ def make_coco_captions_task(name="coco_captions", *, karpathy=True, year=2014, *
 
 def make_vqav2_task(name="vqav2", **kw):
     tk = _task_kwargs(kw)
-    src = make_source(name, "vqav2", vqa.vqav2_records, vqa.VQAV2_SPLITS, "vqa", **kw)
+    src = make_source(
+        name, "vqav2", vqa.vqav2_records, vqa.VQAV2_SPLITS, "vqa", coco_images="all", **kw
+    )
     return make_task(name, src, "vqa", **tk)
 
 
 def make_okvqa_task(name="okvqa", **kw):
     tk = _task_kwargs(kw)
-    src = make_source(name, "okvqa", vqa.okvqa_records, vqa.OKVQA_SPLITS, "vqa", **kw)
+    src = make_source(
+        name, "okvqa", vqa.okvqa_records, vqa.OKVQA_SPLITS, "vqa", coco_images="all", **kw
+    )
     return make_task(name, src, "okvqa", **tk)
 
 
@@ -134,7 +186,7 @@ def make_stvqa_task(name="stvqa", *, val_fraction=text_count.STVQA_VAL_FRACTION,
 def make_tallyqa_task(name="tallyqa", **kw):
     tk = _task_kwargs(kw)
     src = make_source(name, "tallyqa", text_count.tallyqa_records, text_count.TALLY_SPLITS,
-                      "tally", **kw)  # fmt: skip
+                      "tally", coco_images="part", **kw)  # fmt: skip
     return make_task(name, src, "tally", **tk)
 
 
@@ -147,7 +199,7 @@ def make_refcoco_task(name="refcoco", *, dataset="refcoco", partition=None, **kw
     def reader(split, d, i):
         return refcoco.records(dataset, split, d, i, partition=part)
 
-    src = make_source(name, "refcoco", reader, splits, "refexp", **kw)
+    src = make_source(name, "refcoco", reader, splits, "refexp", coco_images="all", **kw)
     return make_task(name, src, "refexp", **tk)
 
 
@@ -171,6 +223,9 @@ def make_refcoco_tfds_task(name="refcoco_tfds", *, config="refcoco_unc", data_di
 # ------------------------------------------------------------------ pretraining
 
 
+_SOURCE_KW = ("data_dir", "image_dir", "skip_missing_images", "coco_image_dir")
+
+
 def _pretrain(name, source, kw):
     from tasks.pretrain_tasks import make_pretrain_task
 
@@ -181,34 +236,32 @@ def _pretrain(name, source, kw):
 
 def make_coco_pretrain_task(name="coco_pretrain", *, year=2014, **kw):
     reader = functools.partial(coco.pretrain_records, year=year)
-    tk = {k: kw.pop(k) for k in list(kw) if k not in ("data_dir", "image_dir",
-                                                      "skip_missing_images")}  # fmt: skip
+    tk = {k: kw.pop(k) for k in list(kw) if k not in _SOURCE_KW}
     src = make_source(name, "coco", reader, ("train", "validation"), "pretrain", **kw)
     return _pretrain(name, src, tk)
 
 
 def make_vg_pretrain_task(name="vg_pretrain", **kw):
-    tk = {k: kw.pop(k) for k in list(kw) if k not in ("data_dir", "image_dir",
-                                                      "skip_missing_images")}  # fmt: skip
+    tk = {k: kw.pop(k) for k in list(kw) if k not in _SOURCE_KW}
     src = make_source(name, "vg", regions.vg_records, ("train",), "pretrain", **kw)
     return _pretrain(name, src, tk)
 
 
 def make_refcoco_pretrain_task(name="refcoco_pretrain", *, dataset="refcoco", **kw):
-    tk = {k: kw.pop(k) for k in list(kw) if k not in ("data_dir", "image_dir",
-                                                      "skip_missing_images")}  # fmt: skip
+    tk = {k: kw.pop(k) for k in list(kw) if k not in _SOURCE_KW}
 
     def reader(split, d, i):
         return refcoco.pretrain_records(dataset, split, d, i)
 
-    src = make_source(name, "refcoco", reader, ("train", "validation"), "pretrain", **kw)
+    src = make_source(
+        name, "refcoco", reader, ("train", "validation"), "pretrain", coco_images="all", **kw
+    )
     return _pretrain(name, src, tk)
 
 
 def make_jsonl_pretrain_task(name="jsonl_pretrain", *, min_score=0.3, splits=("train",
                              "validation"), **kw):  # fmt: skip
-    tk = {k: kw.pop(k) for k in list(kw) if k not in ("data_dir", "image_dir",
-                                                      "skip_missing_images")}  # fmt: skip
+    tk = {k: kw.pop(k) for k in list(kw) if k not in _SOURCE_KW}
 
     def reader(split, d, i):
         del i

@@ -87,7 +87,16 @@ def stvqa_records(
     return recs
 
 
-def tallyqa_records(split: str, data_dir: str, image_dir: str | None = None) -> list[dict]:
+def _is_coco(image: str) -> bool:
+    """`train2014/COCO_train2014_....jpg` and the like (TallyQA's COCO part)."""
+    return image.split("/", 1)[0] in ("train2014", "val2014", "test2015", "train2017", "val2017")
+
+
+def tallyqa_records(
+    split: str, data_dir: str, image_dir: str | None = None, coco_image_dir: str | None = None
+) -> list[dict]:
+    """TallyQA records; an `image` under a COCO folder (`train2014/...`) is read
+    from `coco_image_dir` when given, every other image from `image_dir`."""
     image_dir = image_dir or data_dir
     if split not in TALLY_SPLITS:
         raise ValueError(f"tallyqa: unknown split {split!r}; splits: {TALLY_SPLITS}")
@@ -111,7 +120,9 @@ def tallyqa_records(split: str, data_dir: str, image_dir: str | None = None) -> 
             {
                 "id": str(qid),
                 "question_id": qid,
-                "image/path": os.path.join(image_dir, image),
+                "image/path": os.path.join(
+                    coco_image_dir if coco_image_dir and _is_coco(image) else image_dir, image
+                ),
                 "question": get_field(r, "question", path, qid, str),
                 "answers": [str(ans)],
                 "issimple": issimple,
