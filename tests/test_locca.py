@@ -1,4 +1,4 @@
-"""LocCa model + 3-task loss: one encoder pass, one decoder call, per-task losses."""
+"""LocCa model + 3-task loss: one encoder pass, one decoder pass per task at its length."""
 
 import math
 
@@ -14,7 +14,7 @@ V, L, B, IMG = 50, 8, 4, 32
 ENC = dict(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=(8, 8))
 
 
-def _batch(seed=0, b=B, lengths=(L, L, L - 2)):
+def _batch(seed=0, b=B, lengths=(L, L - 3, L - 2)):
     rng = np.random.default_rng(seed)
     batch = {"image": rng.integers(0, 256, (b, IMG, IMG, 3), dtype=np.uint8)}
     for t, n in zip(locca.TASKS, lengths):
@@ -62,13 +62,20 @@ def test_initial_loss_is_log_vocab(model_and_params):
     np.testing.assert_allclose(float(loss), 3 * math.log(V), rtol=1e-5)
 
 
-def test_one_encoder_pass_and_one_decoder_call(model_and_params):
+def test_one_encoder_pass_and_each_task_at_its_own_length(model_and_params):
     model, params = model_and_params
     loss_fn = locca.make_loss_fn(model)
-    jaxpr = str(jax.make_jaxpr(loss_fn)(params, {}, _batch(), jax.random.PRNGKey(0)))
+    lengths = (L, L - 3, L - 2)
+    jaxpr = str(jax.make_jaxpr(loss_fn)(params, {}, _batch(lengths=lengths), jax.random.PRNGKey(0)))
     assert jaxpr.count("conv_general_dilated") == 1  # the patch embedding, once
-    # The decoder head (D -> V matmul) runs once, on all 3 * B rows.
-    assert jaxpr.count(f"f32[{3 * B},{L},{V}] = dot_general") == 1
+    # The decoder head (D -> V matmul) runs once per task, on B rows of that
+    # task's own length (no padding to the longest task).
+    heads = [
+        ln for ln in jaxpr.splitlines() if "dot_general" in ln and f",{V}] = dot_general" in ln
+    ]
+    assert len(heads) == 3, heads
+    for n in lengths:
+        assert sum(f"f32[{B},{n},{V}] = dot_general" in ln for ln in heads) == 1
 
 
 def test_batched_tasks_equal_separate_runs(model_and_params):

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from locca import losses
 from locca.models import pali, t5
 
 T5_CFG = t5.T5Config(
@@ -135,18 +136,18 @@ def test_token_cross_entropy():
     targets = jnp.array([[2, 3, 0]])
     weights = jnp.array([[1, 1, 0]])
     perfect = jax.nn.one_hot(targets, v) * 100.0
-    total, count, correct = pali.token_cross_entropy(perfect, targets, weights)
+    total, count, correct = losses.token_cross_entropy(perfect, targets, weights)
     assert float(total) < 1e-6 and float(count) == 2 and float(correct) == 2
     # Smoothing: perfect one-hot logits now cost > 0, and the minimum is
     # reached by the smoothed distribution itself (value 0 after normalisation).
-    total_s, _, _ = pali.token_cross_entropy(perfect, targets, weights, label_smoothing=0.1)
+    total_s, _, _ = losses.token_cross_entropy(perfect, targets, weights, label_smoothing=0.1)
     assert float(total_s) > 1.0
     conf, low = 0.9, 0.1 / (v - 1)
     smooth_logits = jnp.log(jax.nn.one_hot(targets, v) * (conf - low) + low)
-    total_m, _, _ = pali.token_cross_entropy(smooth_logits, targets, weights, label_smoothing=0.1)
+    total_m, _, _ = losses.token_cross_entropy(smooth_logits, targets, weights, label_smoothing=0.1)
     assert abs(float(total_m)) < 1e-5
     # Uniform logits: log(V) per weighted token; the padded position is ignored.
-    total_u, _, correct_u = pali.token_cross_entropy(jnp.zeros((1, 3, v)), targets, weights)
+    total_u, _, correct_u = losses.token_cross_entropy(jnp.zeros((1, 3, v)), targets, weights)
     np.testing.assert_allclose(float(total_u), 2 * np.log(v), rtol=1e-6)
 
 

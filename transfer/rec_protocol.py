@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from locca import losses
 from locca.models import decoder as decoder_lib
 from transfer import common
 
@@ -186,13 +187,11 @@ def make_loss_fn(spec: common.EncoderSpec, decoder: decoder_lib.Decoder):
             train=True,
             rngs={"dropout": rng},
         )  # [B, L, V]
-        targets = batch["decoder_target_tokens"]
-        w = batch["decoder_loss_weights"].astype(jnp.float32)
-        logp = jax.nn.log_softmax(logits)
-        nll = -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]  # [B, L]
-        denom = jnp.maximum(w.sum(), 1.0)
-        correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-        return (nll * w).sum() / denom, {"token_accuracy": (correct * w).sum() / denom}
+        total, count, correct = losses.token_cross_entropy(
+            logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+        )
+        denom = jnp.maximum(count, 1.0)
+        return total / denom, {"token_accuracy": correct / denom}
 
     return loss_fn
 

@@ -1,9 +1,8 @@
 """LocCa: ViT encoder + captioning decoder trained on Cap, ARef and GCap at once.
 
-One encoder pass per image; the decoder passes of all tasks are concatenated
-along the batch into ONE decoder call (task-major: rows ``[t * B, (t+1) * B)``
-belong to task ``t``), and the decoder's cross-attention reads the B encoder
-rows for all of them without tiling (see ``decoder.Attention``).
+One encoder pass per image, then one decoder pass per task, each at its own
+text length (:meth:`LocCa.decode_tasks`): no task is padded to the longest
+one, so a short ARef/GCap target costs only its own tokens.
 
 Cap (``tasks=("cap",)``, ``parallel_prob=0``), CapPa (``tasks=("cap",)``,
 ``parallel_prob=0.75``) and LocCa (``tasks=("cap", "aref", "gcap")``,
@@ -27,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from locca import losses
 from locca.models import decoder as decoder_lib
 
 __all__ = [
@@ -82,6 +82,17 @@ class LocCa(nn.Module):
         train: bool = False,
     ) -> Array:
         return self.decoder(encoded, tokens, parallel, train=train)
+
+    def decode_tasks(
+        self,
+        image: Array,  # [B, H, W, 3] float in [-1, 1]
+        tokens: Sequence[Array],  # per task: [B, L_t] decoder inputs
+        parallel: Sequence[Array | None],  # per task: [B] bool, or None
+        train: bool = False,
+    ) -> list[Array]:
+        """One encoder pass, one decoder pass per task: logits [B, L_t, V] per task."""
+        encoded = self.encode(image, train=train)  # [B, N, D_enc]
+        return [self.decode(encoded, t, p, train=train) for t, p in zip(tokens, parallel)]
 
     def __call__(
         self,
@@ -170,10 +181,6 @@ def merge_params(params: Mapping, frozen: Mapping | None) -> dict:
     return out
 
 
-def _pad_to(x: Array, length: int) -> Array:
-    return jnp.pad(x, ((0, 0), (0, length - x.shape[1])))
-
-
 def make_loss_fn(
     model: LocCa,
     *,
@@ -212,41 +219,39 @@ def make_loss_fn(
             for k in task_keys(t):
                 if k not in batch:
                     raise KeyError(f"batch has no {k!r} (task {t!r}); keys: {sorted(batch)}")
-        length = max(batch[task_keys(t)[0]].shape[1] for t in tasks)
-        inputs = jnp.concatenate([_pad_to(batch[task_keys(t)[0]], length) for t in tasks])
-        targets = jnp.concatenate([_pad_to(batch[task_keys(t)[1]], length) for t in tasks])
-        weights = jnp.concatenate(
-            [_pad_to(batch[task_keys(t)[2]].astype(jnp.float32), length) for t in tasks]
-        )  # [T * B, L]
-        par = []
+        parallel = []
         for i, t in enumerate(tasks):
             if train and t in parallel_tasks and parallel_prob > 0:
-                par.append(
+                parallel.append(
                     jax.random.bernoulli(jax.random.fold_in(rng_par, i), parallel_prob, (b,))
                 )
             else:
-                par.append(jnp.zeros((b,), bool))
-        parallel = jnp.concatenate(par)  # [T * B]
-
+                parallel.append(None)  # [B] bool or None (all causal)
         logits = model.apply(
-            variables, image, inputs, parallel, train=train, rngs={"dropout": rng_drop}
-        )  # [T * B, L, V]
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-        nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), -1)[..., 0]
-        correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-
-        nt = len(tasks)
-        nll, correct, w = (a.reshape(nt, b, length) for a in (nll, correct, weights))
-        denom = jnp.maximum(w.sum(axis=(1, 2)), 1e-8)  # [T]
-        task_loss = (nll * w).sum(axis=(1, 2)) / denom
-        task_acc = (correct * w).sum(axis=(1, 2)) / denom
-        tw = jnp.array([weights_cfg[t] for t in tasks], jnp.float32)
-        loss = jnp.sum(tw * task_loss)
-        aux = {"accuracy": (correct * w).sum() / jnp.maximum(w.sum(), 1e-8)}
-        aux["parallel_fraction"] = parallel.astype(jnp.float32)[:b].mean()
-        for i, t in enumerate(tasks):
-            aux[f"loss_{t}"] = task_loss[i]
-            aux[f"accuracy_{t}"] = task_acc[i]
+            variables,
+            image,
+            [batch[task_keys(t)[0]] for t in tasks],
+            parallel,
+            train=train,
+            rngs={"dropout": rng_drop},
+            method=LocCa.decode_tasks,
+        )  # per task [B, L_t, V]
+        loss = jnp.zeros((), jnp.float32)
+        aux = {}
+        sum_correct = sum_weight = 0.0
+        for t, lg in zip(tasks, logits):
+            _, targets, weights = (batch[k] for k in task_keys(t))
+            total, count, correct = losses.token_cross_entropy(lg, targets, weights)
+            denom = jnp.maximum(count, 1e-8)
+            aux[f"loss_{t}"] = total / denom
+            aux[f"accuracy_{t}"] = correct / denom
+            loss = loss + weights_cfg[t] * aux[f"loss_{t}"]
+            sum_correct, sum_weight = sum_correct + correct, sum_weight + count
+        aux["accuracy"] = sum_correct / jnp.maximum(sum_weight, 1e-8)
+        first = parallel[0]
+        aux["parallel_fraction"] = (
+            jnp.zeros((), jnp.float32) if first is None else first.astype(jnp.float32).mean()
+        )
         return loss, aux
 
     return loss_fn

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from locca import decoding
+from locca import decoding, losses
 from locca.models import t5 as t5_lib
 from locca.models import vit as vit_lib
 
@@ -279,33 +279,6 @@ def merge_params(trainable: Mapping, frozen: Mapping) -> dict:
 # Loss.
 
 
-def token_cross_entropy(logits, targets, weights, label_smoothing: float = 0.0):
-    """Weighted token cross-entropy.
-
-    Args:
-      logits: [B, T, V] float.
-      targets: [B, T] int token ids.
-      weights: [B, T] loss weights (0 on padding).
-      label_smoothing: mass spread uniformly over the vocabulary; the constant
-        minimum entropy is subtracted (as t5x) so a perfect model scores 0.
-
-    Returns:
-      (sum of weighted losses, sum of weights, number of correct weighted tokens).
-    """
-    vocab = logits.shape[-1]
-    confidence = 1.0 - label_smoothing
-    low = label_smoothing / (vocab - 1) if vocab > 1 else 0.0
-    soft = jax.nn.one_hot(targets, vocab) * (confidence - low) + low  # [B, T, V]
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    loss = -jnp.sum(soft * logp, axis=-1)  # [B, T]
-    if label_smoothing > 0:
-        norm = -(confidence * np.log(confidence) + (vocab - 1) * low * np.log(low + 1e-20))
-        loss = loss - norm
-    weights = weights.astype(jnp.float32)
-    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32) * weights
-    return jnp.sum(loss * weights), jnp.sum(weights), jnp.sum(correct)
-
-
 def make_loss_fn(model: PaLI, *, label_smoothing: float = 0.0):
     """The trainer's ``loss_fn(params, frozen, batch, rng) -> (loss, aux)``.
 
@@ -325,7 +298,7 @@ def make_loss_fn(model: PaLI, *, label_smoothing: float = 0.0):
             train=True,
             rngs={"dropout": rng} if rng is not None else {},
         )  # [B, T, V]
-        total, count, correct = token_cross_entropy(
+        total, count, correct = losses.token_cross_entropy(
             logits,
             batch["decoder_target_tokens"],
             batch["decoder_loss_weights"],
@@ -448,5 +421,4 @@ __all__ = [
     "merge_params",
     "predict",
     "split_params",
-    "token_cross_entropy",
 ]
