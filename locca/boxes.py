@@ -29,7 +29,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["BoxCodec", "location_tokens", "iou", "acc_at_05", "mean_iou"]
+from locca import stats
+
+__all__ = [
+    "BoxCodec",
+    "location_tokens",
+    "iou",
+    "acc_at_05",
+    "mean_iou",
+    "localisation_scores",
+    "is_degenerate",
+]
 
 _ENCODINGS = ("text", "loc")
 _ORDERS = ("yxyx", "xyxy")
@@ -196,3 +206,36 @@ def acc_at_05(pred_boxes: Sequence, gt_boxes: Sequence) -> float:
 def mean_iou(pred_boxes: Sequence, gt_boxes: Sequence) -> float:
     """Mean IoU over examples (None prediction = IoU 0)."""
     return float(np.mean(_ious(pred_boxes, gt_boxes)))
+
+
+def is_degenerate(box) -> bool:
+    """A box with zero (or negative) height or width: it covers no pixel."""
+    b = np.asarray(box, dtype=np.float64)
+    return bool(b[2] <= b[0] or b[3] <= b[1])
+
+
+def localisation_scores(pred_boxes: Sequence, gt_boxes: Sequence) -> dict[str, float]:
+    """Acc@0.5 and mean IoU with 95% intervals, and the counts behind them.
+
+    ``pred_boxes``: yxyx boxes in [0, 1] or None (unparsed output, scored as
+    IoU 0). Returns ``acc@0.5`` with ``acc@0.5_low/_high`` (Wilson),
+    ``mean_iou`` with ``mean_iou_low/_high`` (normal), ``num_examples``,
+    ``num_unparsed`` (None predictions) and ``num_degenerate`` (parsed boxes
+    of zero area). Fractions, not percent.
+    """
+    ious = _ious(pred_boxes, gt_boxes)
+    n = len(ious)
+    hits = int(np.sum(ious >= 0.5))
+    lo, hi = stats.proportion_ci(hits, n)
+    m, mlo, mhi = stats.mean_ci(ious)
+    return {
+        "acc@0.5": hits / n,
+        "acc@0.5_low": lo,
+        "acc@0.5_high": hi,
+        "mean_iou": m,
+        "mean_iou_low": mlo,
+        "mean_iou_high": mhi,
+        "num_examples": float(n),
+        "num_unparsed": float(sum(p is None for p in pred_boxes)),
+        "num_degenerate": float(sum(p is not None and is_degenerate(p) for p in pred_boxes)),
+    }

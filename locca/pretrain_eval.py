@@ -8,10 +8,16 @@
   ``ARef : {c} : {b}`` gives the prompt ``ARef : {c} :`` and the ground-truth
   box ``b``; the model greedily continues the prompt and the continuation is
   parsed with ``BoxCodec.decode`` (unparseable = wrong).
-  ``aref_acc@0.5`` (IoU >= 0.5), ``aref_mean_iou``, ``aref_parse_rate``, and
-  two trivial baselines on the same examples: ``aref_acc@0.5_whole_image``
-  (box [0, 0, 1, 1]) and ``aref_acc@0.5_mean_box`` (the mean box of the
-  training split's ``aref`` targets).
+  ``aref_acc@0.5`` (IoU >= 0.5) with its 95% Wilson interval
+  (``aref_acc@0.5_low/_high``), ``aref_mean_iou`` with its 95% interval,
+  ``aref_num_unparsed``, ``aref_num_degenerate`` (zero-area boxes),
+  ``aref_parse_rate``, and trivial baselines on the same examples, each with
+  its interval: ``..._whole_image`` (box [0, 0, 1, 1]), ``..._mean_box`` (the
+  mean box of the training split's ``aref`` targets), ``..._largest_region``
+  (the image's largest region, without reading the prompt) and
+  ``..._random_region`` (a uniformly random region of the image, as its
+  expectation over the regions). The last two need the task's raw
+  ``region_boxes`` feature and are left out when it is absent.
 * A PNG of sample outputs in ``model_dir/samples/step_XXXXXX.png``: greedy
   captions, GCap continuations of the held-out GCap prompts (box drawn) and
   ARef predictions (predicted box red, ground truth green).
@@ -30,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from locca import boxes as boxes_lib
-from locca import decoding
+from locca import decoding, stats
 from locca.models import decoder as decoder_lib
 from locca.models import locca as locca_lib
 
@@ -158,6 +164,23 @@ class PretrainEvaluator:
         exs = list(ds.take(num_examples).as_numpy_iterator())
         if not exs:
             raise ValueError(f"task {self.task.name}: split {split!r} has no examples")
+        # The same examples before feature conversion: the image's regions
+        # (for the oracle-free region baselines), when the task has them.
+        raw = self.task.get_dataset(
+            sequence_length=self.lengths, split=split, shuffle=False, seed=0, use_cached=False
+        )
+        self.region_boxes = None
+        if "region_boxes" in raw.element_spec:
+            raw = raw.map(lambda e: {"aref": e["aref"], "region_boxes": e["region_boxes"]})
+            raw_exs = list(raw.take(len(exs)).as_numpy_iterator())
+            same = len(raw_exs) == len(exs) and all(
+                np.array_equal(r["aref"], e["aref_decoder_target_tokens"][: len(r["aref"])])
+                for r, e in zip(raw_exs, exs)
+            )
+            if same:
+                self.region_boxes = [np.asarray(r["region_boxes"], np.float64) for r in raw_exs]
+            else:
+                log.warning("raw and converted held-out examples differ; no region baselines")
         n = (len(exs) // self.batch_size) * self.batch_size or len(exs)
         self.batch_size = min(self.batch_size, n)
         self.data = {k: np.stack([e[k] for e in exs[:n]]) for k in exs[0]}
@@ -265,20 +288,51 @@ class PretrainEvaluator:
             valid = [i for i, g in enumerate(self.aref_gt) if g is not None]
             gts = [self.aref_gt[i] for i in valid]
             p = [preds[i] for i in valid]
-            n = len(valid)
-            out["aref_acc@0.5"] = boxes_lib.acc_at_05(p, gts)
-            out["aref_mean_iou"] = boxes_lib.mean_iou(p, gts)
+            out.update(self.aref_scores(p, gts, valid))
             out["aref_parse_rate"] = float(np.mean([x is not None for x in p]))
-            out["aref_acc@0.5_whole_image"] = boxes_lib.acc_at_05(
-                [np.array([0, 0, 1, 1.0])] * n, gts
-            )
-            out["aref_acc@0.5_mean_box"] = boxes_lib.acc_at_05([self.train_mean_box] * n, gts)
-            out["aref_num_examples"] = float(n)
         if self.model_dir and self.num_render > 0 and jax.process_index() == 0:
             try:
                 self.render(step, params, preds)
             except Exception as e:  # a plotting failure must not kill training
                 log.warning("sample rendering failed at step %d: %s", step, e)
+        return out
+
+    def aref_scores(
+        self, preds: Sequence[np.ndarray | None], gts: Sequence[np.ndarray], rows: Sequence[int]
+    ) -> dict[str, float]:
+        """``aref_*`` scores of ``preds`` and of every trivial baseline (fractions).
+
+        ``rows``: the held-out example index of each (pred, gt) pair.
+        """
+        n = len(gts)
+        out = {f"aref_{k}": v for k, v in boxes_lib.localisation_scores(preds, gts).items()}
+        baselines = {
+            "whole_image": [np.array([0.0, 0.0, 1.0, 1.0])] * n,
+            "mean_box": [self.train_mean_box] * n,
+        }
+        if self.region_boxes is not None:
+            regions = [self.region_boxes[i] for i in rows]
+            baselines["largest_region"] = [_largest(r) for r in regions]
+        for name, boxes in baselines.items():
+            sc = boxes_lib.localisation_scores(boxes, gts)
+            for k in ("acc@0.5", "acc@0.5_low", "acc@0.5_high", "mean_iou"):
+                out[f"aref_{k}_{name}" if k != "mean_iou" else f"aref_mean_iou_{name}"] = sc[k]
+        if self.region_boxes is not None:
+            # A uniformly random region of the image: its expected hit rate per
+            # example, averaged; the interval treats each example's expectation
+            # as one observation.
+            hit = [
+                float(np.mean(boxes_lib.iou(r, g[None, :]) >= 0.5)) if len(r) else 0.0
+                for r, g in zip(regions, gts)
+            ]
+            m, lo, hi = stats.mean_ci(hit)
+            out.update(
+                {
+                    "aref_acc@0.5_random_region": m,
+                    "aref_acc@0.5_low_random_region": lo,
+                    "aref_acc@0.5_high_random_region": hi,
+                }
+            )
         return out
 
     def _aref_predictions(self, params) -> list[np.ndarray | None]:
@@ -363,6 +417,14 @@ class PretrainEvaluator:
         fig.savefig(path, dpi=80)
         plt.close(fig)
         return path
+
+
+def _largest(regions: np.ndarray) -> np.ndarray:
+    """The largest-area yxyx box of [R, 4] (the whole image when R = 0)."""
+    if not len(regions):
+        return np.array([0.0, 0.0, 1.0, 1.0])
+    area = (regions[:, 2] - regions[:, 0]) * (regions[:, 3] - regions[:, 1])
+    return regions[int(np.argmax(area))]
 
 
 def _wrap(text: str, width: int) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from locca import pretrain, pretrain_eval
-from locca.boxes import BoxCodec
+from locca.boxes import BoxCodec, iou
 from locca.models import locca
 
 LENGTHS = {"cap": 40, "aref": 28, "gcap": 28}
@@ -119,6 +119,21 @@ def test_evaluator_metrics_and_png(evaluator_and_params):
     assert 0.0 <= m["aref_acc@0.5_mean_box"] <= 1.0
     assert np.all(ev.train_mean_box[2:] > ev.train_mean_box[:2])
     assert 0.0 <= m["aref_acc@0.5"] <= 1.0
+    assert m["aref_acc@0.5_low"] <= m["aref_acc@0.5"] <= m["aref_acc@0.5_high"]
+    # Region baselines from the image's own regions (no prompt read): the
+    # largest region, and the expected hit rate of a random region.
+    assert ev.region_boxes is not None and len(ev.region_boxes) == 8
+    rows = [i for i, g in enumerate(ev.aref_gt) if g is not None]
+    largest, random_hit = [], []
+    for i in rows:
+        r = ev.region_boxes[i]
+        area = (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])
+        largest.append(iou(r[np.argmax(area)], ev.aref_gt[i]) >= 0.5)
+        random_hit.append(np.mean([iou(b, ev.aref_gt[i]) >= 0.5 for b in r]))
+    assert m["aref_acc@0.5_largest_region"] == pytest.approx(np.mean(largest))
+    assert m["aref_acc@0.5_random_region"] == pytest.approx(np.mean(random_hit))
+    # The ground-truth box is one of the image's regions.
+    assert all(h > 0 for h in random_hit)
     assert os.path.getsize(out / "samples" / "step_000007.png") > 1000
 
 
@@ -139,6 +154,8 @@ def test_evaluator_scores_an_oracle(evaluator_and_params, monkeypatch):
     monkeypatch.setattr(ev, "generate", lambda *a: ["no box here"] * len(a[2]))
     m = ev(1, params, {})
     assert m["aref_acc@0.5"] == 0.0 and m["aref_parse_rate"] == 0.0
+    assert m["aref_num_unparsed"] == 8 and m["aref_num_degenerate"] == 0
+    assert m["aref_acc@0.5_low"] == 0.0 and 0.0 < m["aref_acc@0.5_high"] < 0.5
 
 
 def _run_entry_point(model_dir, *extra):
