@@ -60,8 +60,12 @@ def make_shapes_pretrain_task(
     num_train: int = 2000,
     num_validation: int = 200,
     num_test: int = 200,
+    pretrain_regions: str = "objects",
     **kwargs,
 ):
+    """Registers a shapes-world pretraining task; ``pretrain_regions`` picks the
+    ARef/GCap regions (``tasks.sources.shapes.scene_examples``), ``kwargs`` go to
+    :func:`make_pretrain_task` (``box_encoding``, ``num_bins``, ``box_order``)."""
     source = ShapesSource(
         "pretrain",
         resolution=resolution,
@@ -69,6 +73,7 @@ def make_shapes_pretrain_task(
         num_train=num_train,
         num_validation=num_validation,
         num_test=num_test,
+        pretrain_regions=pretrain_regions,
     )
     return make_pretrain_task(name, source, image_size=image_size or resolution, **kwargs)
 

@@ -28,8 +28,24 @@ KINDS = {
 }
 
 
-def scene_examples(scene, kind: str, split: str) -> list[dict]:
-    """The raw examples of one scene for a task kind (see module doc)."""
+PRETRAIN_REGIONS = ("objects", "objects+refexps")
+
+
+def scene_examples(scene, kind: str, split: str, pretrain_regions: str = "objects") -> list[dict]:
+    """The raw examples of one scene for a task kind (see module doc).
+
+    ``pretrain_regions`` (kind "pretrain"): which (box, text) pairs feed ARef /
+    GCap. ``"objects"``: each object's box with its description ("small red
+    circle with the word cat"), the analogue of LocCa's detector pseudo-labels
+    (OWL-ViT box + class text). ``"objects+refexps"`` adds every referring
+    expression (relations and extremes: "the circle below the yellow
+    triangle"), which asks the pretraining decoder for spatial reasoning on
+    top of localisation.
+    """
+    if pretrain_regions not in PRETRAIN_REGIONS:
+        raise ValueError(
+            f"pretrain_regions must be one of {PRETRAIN_REGIONS}, got {pretrain_regions!r}"
+        )
     sid = f"shapes/{scene.index}"
     base = {"image": scene.image}
     out = []
@@ -84,8 +100,11 @@ def scene_examples(scene, kind: str, split: str) -> list[dict]:
             for j, r in enumerate(scene.refexps):
                 out.append({"id": f"{sid}/ref{j}", "expressions": [r.text], "box": r.box})
     elif kind == "pretrain":
-        boxes = [o.box for o in scene.objects] + [r.box for r in scene.refexps]
-        texts = [o.description for o in scene.objects] + [r.text for r in scene.refexps]
+        boxes = [o.box for o in scene.objects]
+        texts = [o.description for o in scene.objects]
+        if pretrain_regions == "objects+refexps":
+            boxes += [r.box for r in scene.refexps]
+            texts += [r.text for r in scene.refexps]
         out.append(
             {
                 "id": sid,
@@ -109,6 +128,7 @@ class ShapesSource(seqio.DataSource):
       num_train, num_validation, num_test: scenes per split (disjoint ranges).
       cache_in_memory: keep generated examples in memory after the first pass
         (only when the split's images take < 1 GiB).
+      pretrain_regions: kind "pretrain" only, see :func:`scene_examples`.
     """
 
     def __init__(
@@ -120,6 +140,7 @@ class ShapesSource(seqio.DataSource):
         num_validation: int = 200,
         num_test: int = 200,
         cache_in_memory: bool = True,
+        pretrain_regions: str = "objects",
     ):
         if kind not in KINDS:
             raise ValueError(f"unknown shapes task kind {kind!r}; kinds: {sorted(KINDS)}")
@@ -127,6 +148,11 @@ class ShapesSource(seqio.DataSource):
         self.resolution = resolution
         self.seed = seed
         self.cache_in_memory = cache_in_memory
+        if pretrain_regions not in PRETRAIN_REGIONS:
+            raise ValueError(
+                f"pretrain_regions must be one of {PRETRAIN_REGIONS}, got {pretrain_regions!r}"
+            )
+        self.pretrain_regions = pretrain_regions
         self.ranges = {
             "train": (0, num_train),
             "validation": (num_train, num_train + num_validation),
@@ -159,7 +185,8 @@ class ShapesSource(seqio.DataSource):
             np.random.default_rng(seed).shuffle(idx)
         keys = KINDS[self.kind]
         for i in idx[shard[0] :: shard[1]]:
-            for ex in scene_examples(world.scene(int(i)), self.kind, split):
+            scene = world.scene(int(i))
+            for ex in scene_examples(scene, self.kind, split, self.pretrain_regions):
                 yield to_tensors(ex, keys)
 
     def get_dataset(
