@@ -90,7 +90,7 @@ def make_dataset(
     *,
     split: str,
     task_feature_lengths: Mapping[str, int],
-    batch_size: int,
+    batch_size: int | None,
     image_size: int | None = None,
     shuffle: bool = True,
     seed: int = 0,
@@ -102,7 +102,8 @@ def make_dataset(
 
     Features (``LocCaPretrainFeatureConverter``): ``image`` uint8 [B, S, S, 3]
     and ``{cap,aref,gcap}_{decoder_input_tokens,decoder_target_tokens,
-    loss_weights}`` int32 [B, L_t]. ``batch_size`` is per process.
+    loss_weights}`` int32 [B, L_t]. ``batch_size`` None: unbatched examples.
+    ``shard_index`` / ``num_shards``: read that shard of the split.
     """
     import seqio
 
@@ -120,7 +121,7 @@ def make_dataset(
         use_cached=False,
     )
     ds = LocCaPretrainFeatureConverter(image_size=image_size)(ds, lengths)
-    return ds.batch(batch_size, drop_remainder=True)
+    return ds if batch_size is None else ds.batch(batch_size, drop_remainder=True)
 
 
 def make_batches(
@@ -131,39 +132,33 @@ def make_batches(
     image_size: int | None = None,
     seed: int = 0,
     split: str = "train",
+    num_shards: int | None = None,
 ) -> Callable[[int], Iterator[dict[str, np.ndarray]]]:
-    """The trainer's ``batches(start_step) -> iterator`` (deterministic).
+    """The trainer's ``batches(start_step) -> iterator`` (``locca.data.pipeline``).
 
-    A seeded shuffle of the repeated split, batched; starting at
-    ``start_step`` skips that many batches (``Dataset.skip``), so batch ``s``
-    is bitwise the same whether or not the run was interrupted. Each process
-    reads its own shard with ``batch_size // process_count`` examples.
+    A seeded shuffle of the repeated split, read as ``num_shards`` data shards
+    (default: one per process; each process reads only its own) and batched
+    to ``batch_size`` global examples per step, ``batch_size / process_count``
+    per process. ``batches(start_step)`` yields batch ``start_step`` first,
+    bitwise the same whether or not the run was interrupted.
     """
-    import jax
+    from locca.data import pipeline
 
-    n_proc = jax.process_count()
-    if batch_size % n_proc:
-        raise ValueError(f"batch_size {batch_size} not divisible by {n_proc} processes")
-
-    def batches(start_step: int) -> Iterator[dict[str, np.ndarray]]:
-        import tensorflow as tf
-
-        ds = make_dataset(
+    def examples(shard_index: int, num_shards: int):
+        return make_dataset(
             task,
             split=split,
             task_feature_lengths=task_feature_lengths,
-            batch_size=batch_size // n_proc,
+            batch_size=None,
             image_size=image_size,
             shuffle=True,
             seed=seed,
             num_epochs=None,
-            shard_index=jax.process_index(),
-            num_shards=n_proc,
+            shard_index=shard_index,
+            num_shards=num_shards,
         )
-        ds = ds.skip(int(start_step)).prefetch(tf.data.AUTOTUNE)
-        return ds.as_numpy_iterator()
 
-    return batches
+    return pipeline.make_batches(examples, batch_size=batch_size, num_shards=num_shards)
 
 
 # ---------------------------------------------------------------------------
