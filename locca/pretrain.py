@@ -425,8 +425,9 @@ def _write_gin_config(model_dir: str) -> None:
         return
     text = gin.config_str()
     if text.strip():
-        with open(os.path.join(model_dir, "config.gin"), "w") as f:
-            f.write(text)
+        from locca.io_utils import atomic_write_text
+
+        atomic_write_text(os.path.join(model_dir, "config.gin"), text)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

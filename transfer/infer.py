@@ -25,6 +25,7 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
+from locca.io_utils import atomic_write_json
 from locca.models import pali
 from transfer import common
 
@@ -178,8 +179,7 @@ def infer(
             png = os.path.join(output_dir, "prediction.png")
             draw_boxes(pixels, boxes, [text], png)
             record["png"] = png
-        with open(os.path.join(output_dir, "prediction.json"), "w") as f:
-            json.dump(record, f, indent=2)
+        atomic_write_json(os.path.join(output_dir, "prediction.json"), record, indent=2)
         print(json.dumps(record))
         return [record]
 
@@ -212,8 +212,9 @@ def infer(
                 drawn += 1
         write_jsonl(os.path.join(output_dir, "predictions", f"{name}_{got_step}.jsonl"), records)
         all_records.extend(records)
-    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-        json.dump({"step": got_step, **metrics}, f, indent=2)
+    atomic_write_json(
+        os.path.join(output_dir, "metrics.json"), {"step": got_step, **metrics}, indent=2
+    )
     print(json.dumps({"step": got_step, **metrics}))
     return all_records
 

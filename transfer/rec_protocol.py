@@ -25,7 +25,6 @@ and the tokens after it are decoded, parsed by the task's postprocessor
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -37,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from locca import losses
+from locca.io_utils import atomic_write_json
 from locca.models import decoder as decoder_lib
 from transfer import common
 
@@ -421,8 +421,12 @@ def rec_protocol(
         metrics.update({f"{key}/{k}": v for k, v in m.items()})
         preds[f"{t}:{split}"] = path
         log.info("REC %s/%s: %s (%.1fs)", t, split, m, time.time() - t0)
-    with open(os.path.join(model_dir, "rec_metrics.json"), "w") as f:
-        json.dump({"step": step, "metrics": metrics}, f, indent=1, sort_keys=True)
+    atomic_write_json(
+        os.path.join(model_dir, "rec_metrics.json"),
+        {"step": step, "metrics": metrics},
+        indent=1,
+        sort_keys=True,
+    )
     return {
         "metrics": metrics,
         "step": step,
@@ -451,5 +455,4 @@ def _write_info(model_dir, spec, decoder, task) -> None:
         },
         "task": task,
     }
-    with open(os.path.join(model_dir, "rec_info.json"), "w") as f:
-        json.dump(info, f, indent=1, sort_keys=True)
+    atomic_write_json(os.path.join(model_dir, "rec_info.json"), info, indent=1, sort_keys=True)

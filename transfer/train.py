@@ -22,12 +22,12 @@ split, scores it with the task's metric functions and writes
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
+from locca.io_utils import atomic_write_json
 from locca.models import pali
 from transfer import common
 
@@ -190,8 +190,7 @@ def _write_model_info(model_dir: str, bundle: common.ModelBundle) -> None:
             },
         },
     }
-    with open(os.path.join(model_dir, "model_info.json"), "w") as f:
-        json.dump(info, f, indent=2, sort_keys=True)
+    atomic_write_json(os.path.join(model_dir, "model_info.json"), info, indent=2, sort_keys=True)
 
 
 def main(argv):

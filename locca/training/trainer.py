@@ -255,14 +255,15 @@ def train(
         compute_dtype=compute_dtype,
         learning_rate_fn=learning_rate_fn,
     )
-    ckpt = Checkpointer(model_dir, keep=keep_checkpoints, async_save=async_checkpointing)
+    ckpt = Checkpointer(model_dir, keep=keep_checkpoints, async_save=async_checkpointing, lock=True)
     try:
-        latest = ckpt.latest_step()
-        if latest is None:
+        state = None
+        if ckpt.latest_step() is not None:  # newest readable step (falls back past damaged ones)
+            state = ckpt.restore_latest(trainer.abstract_state(init_params, seed))
+        if state is None:
             state = trainer.init_state(init_params, seed)
         else:
-            log.info("resuming from %s step %d", ckpt.directory, latest)
-            state = ckpt.restore(latest, trainer.abstract_state(init_params, seed))
+            log.info("resuming from %s step %d", ckpt.directory, int(jax.device_get(state.step)))
         frozen = trainer.place_frozen(frozen_params)
     except BaseException:
         ckpt.close()
