@@ -105,7 +105,16 @@ def load_npz_flat(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not os.path.exists(file):
         raise FileNotFoundError(f"{file}: no such checkpoint file")
     with np.load(file, allow_pickle=False) as data:
-        flat = {k: _fix_dtype(data[k]) for k in data.files}
+        flat = {}
+        for k in data.files:
+            try:
+                flat[k] = _fix_dtype(data[k])
+            except ValueError as e:  # an object array: numpy would have to unpickle it
+                raise ValueError(
+                    f"{file}: array {k!r} holds pickled Python objects ({e}); refusing to "
+                    "unpickle (it can run arbitrary code): a checkpoint npz holds numeric "
+                    "arrays only"
+                ) from None
     if sub is not None:
         prefix = sub + SEP
         selected = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}

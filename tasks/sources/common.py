@@ -137,6 +137,17 @@ def xywh_to_yxyx(bbox, width: float, height: float, where: str) -> list[float]:
     return [min(1.0, max(0.0, v)) for v in box]
 
 
+def require_area(box: Sequence[float], bbox, width: float, height: float, where: str) -> list:
+    """``box`` (normalised yxyx, clipped) if it covers some of the image, else
+    DataFormatError: a zero-size box or one entirely outside the image."""
+    if not (box[2] > box[0] and box[3] > box[1]):
+        raise DataFormatError(
+            f"{where}: bbox {bbox!r} [x, y, w, h] covers no part of the {width:g}x{height:g} "
+            "image (zero width/height, or entirely outside it)"
+        )
+    return list(box)
+
+
 # ------------------------------------------------------------------ images
 
 SKIP_ENV = "LOCCA_SKIP_MISSING_IMAGES"

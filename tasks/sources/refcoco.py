@@ -26,6 +26,7 @@ from tasks.sources.common import (
     get_field,
     get_list,
     load_json,
+    require_area,
     require_file,
     xywh_to_yxyx,
 )
@@ -146,7 +147,8 @@ def records(
         where = f"{inst_path}: annotation {ann_id}"
         w = get_field(img, "width", inst_path, f"image {image_id}", (int, float))
         h = get_field(img, "height", inst_path, f"image {image_id}", (int, float))
-        box = xywh_to_yxyx(get_field(anns[ann_id], "bbox", inst_path, ann_id, list), w, h, where)
+        bbox = get_field(anns[ann_id], "bbox", inst_path, ann_id, list)
+        box = require_area(xywh_to_yxyx(bbox, w, h, where), bbox, w, h, where)
         fn = get_field(img, "file_name", inst_path, f"image {image_id}", str)
         base = {"image/path": os.path.join(image_dir, "train2014", fn), "box": box}
         sents = get_field(r, "sentences", refs_path, rid, list)

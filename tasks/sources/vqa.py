@@ -19,6 +19,7 @@ import os
 from tasks.sources.common import DataFormatError, find_file, get_field, get_list, load_json
 
 MINIVAL_SIZE = 10_240
+NUM_ANSWERS = 10  # VQAv2 and OK-VQA: ten human answers per question
 VQA_Q_FMT = "VQA questions JSON {info, task_type, data_type, data_subtype, questions} (FORMATS.md)"
 VQA_A_FMT = "VQA annotations JSON {..., annotations: [{question_id, answers[10], ...}]}"
 
@@ -29,6 +30,12 @@ OKVQA_SPLITS = ("train", "validation")
 
 def coco_image_path(image_dir: str, folder: str, image_id: int) -> str:
     return os.path.join(image_dir, folder, f"COCO_{folder}_{image_id:012d}.jpg")
+
+
+def _nonempty(text: str, path: str, qid) -> str:
+    if not text.strip():
+        raise DataFormatError(f"{path}: question_id {qid}: empty question text")
+    return text
 
 
 def _read(data_dir, image_dir, q_name, a_name, folder, img_folder, name):
@@ -50,7 +57,7 @@ def _read(data_dir, image_dir, q_name, a_name, folder, img_folder, name):
             "id": str(qid),
             "question_id": qid,
             "image/path": coco_image_path(image_dir, img_folder, iid),
-            "question": get_field(q, "question", q_path, qid, str),
+            "question": _nonempty(get_field(q, "question", q_path, qid, str), q_path, qid),
             "answers": [],
             "question_type": "",
             "answer_type": "",
@@ -60,6 +67,11 @@ def _read(data_dir, image_dir, q_name, a_name, folder, img_folder, name):
                 raise DataFormatError(f"{a_path}: no annotation for question_id {qid} of {q_path}")
             a = anns[qid]
             answers = get_field(a, "answers", a_path, qid, list)
+            if len(answers) != NUM_ANSWERS:
+                raise DataFormatError(
+                    f"{a_path}: question_id {qid}: expected {NUM_ANSWERS} answers "
+                    f"(the VQA accuracy needs all ten), got {len(answers)}"
+                )
             rec["answers"] = [
                 get_field(x, "answer", a_path, f"{qid} answers[{j}]", str)
                 for j, x in enumerate(answers)
