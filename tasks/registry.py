@@ -131,8 +131,8 @@ def lazy_metric(module: str, fn: str) -> Callable:
 
 
 def _as_str(x) -> str:
-    if isinstance(x, bytes):
-        return x.decode("utf-8")
+    if isinstance(x, bytes):  # model output may be invalid UTF-8: never raise on it
+        return x.decode("utf-8", errors="replace")
     return str(x)
 
 

@@ -647,3 +647,79 @@ def test_cli_verbose_shows_the_traceback(capsys, monkeypatch):
             lines == [lines[0]]
             and "ValueError: data.json: record 3: field 'box' should be list" in lines[0]
         )
+
+
+# ---------------------------------------------------------------------------
+# Model outputs are arbitrary text: parsers and metrics never raise on them and
+# always give a defined score (hypothesis fuzzing).
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_TEXT = st.one_of(
+    st.text(max_size=80),
+    st.binary(max_size=80),
+    st.lists(
+        st.one_of(
+            st.integers(-(10**6), 10**9).map(str),
+            st.floats(allow_nan=True, allow_infinity=True).map(str),
+            st.integers(0, 1100).map(lambda i: f"<loc{i:04d}>"),
+            st.sampled_from(["", " ", "two", "nan", "-1", "1e999", "9" * 400, "\x00", "é"]),
+        ),
+        max_size=8,
+    ).map(" ".join),
+)
+FUZZ = settings(max_examples=150, deadline=None)
+
+
+@FUZZ
+@given(
+    text=_TEXT, encoding=st.sampled_from(["text", "loc"]), order=st.sampled_from(["yxyx", "xyxy"])
+)
+def test_fuzz_box_decode_never_raises(text, encoding, order):
+    from locca.boxes import BoxCodec
+
+    box = BoxCodec(encoding, order=order).decode(text)
+    if box is not None:
+        assert box.shape == (4,) and np.all(np.isfinite(box))
+        assert np.all((box >= 0) & (box <= 1)) and box[0] <= box[2] and box[1] <= box[3]
+
+
+@FUZZ
+@given(text=_TEXT)
+def test_fuzz_postprocessors_never_raise(text):
+    from tasks import registry
+    from tasks.metrics.tally import parse_count
+
+    assert isinstance(registry.text_postprocessor(text), str)
+    box = registry.rec_postprocessor_factory("text")(text)
+    assert box is None or box.shape == (4,)
+    count = parse_count(text if isinstance(text, str) else text.decode("utf-8", "replace"))
+    assert count is None or (isinstance(count, int) and count >= 0)
+
+
+@FUZZ
+@given(preds=st.lists(_TEXT, min_size=1, max_size=5))
+def test_fuzz_metrics_give_a_defined_score(preds):
+    from tasks import registry
+    from tasks.metrics.anls import anls
+    from tasks.metrics.rec import rec_accuracy
+    from tasks.metrics.tally import tally_accuracy
+    from tasks.metrics.vqa import vqa_accuracy
+
+    texts = [registry.text_postprocessor(p) for p in preds]
+    n = len(texts)
+    scores = {
+        **vqa_accuracy([{"answers": ["2"] * 7 + ["two", "3", "yes"]}] * n, texts),
+        **anls([{"answers": ["Main St.", "main street"]}] * n, texts),
+        **tally_accuracy([{"answer": 2, "issimple": True}] * n, texts),
+        **rec_accuracy(
+            [{"box": [0.1, 0.2, 0.5, 0.6]}] * n,
+            [registry.rec_postprocessor_factory("text")(p) for p in preds],
+        ),
+    }
+    for k, v in scores.items():
+        assert np.isfinite(v), (k, v)
+    for k in ("vqa_accuracy", "tally_accuracy", "acc@0.5"):
+        assert 0.0 <= scores[k] <= 100.0
+    assert 0.0 <= scores["anls"] <= 1.0 and 0.0 <= scores["mean_iou"] <= 1.0
