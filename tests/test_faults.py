@@ -171,7 +171,7 @@ def _source(d, skip):
 
 @pytest.mark.parametrize("case", sorted(IMAGE_FAULTS))
 @pytest.mark.parametrize("skip", [False, True], ids=["error", "skip"])
-def test_bad_image(case, skip, vqa_dir):
+def test_bad_image(case, skip, vqa_dir, tmp_path):
     damage, reason, words = IMAGE_FAULTS[case]
     img = _first_image(vqa_dir)
     damage(img)
@@ -190,6 +190,11 @@ def test_bad_image(case, skip, vqa_dir):
     assert len(out) == n_records - n_bad
     counts = src.counter("validation").as_dict()
     assert counts["skipped"] == {reason: n_bad} and str(img) in counts["examples"]
+    from transfer import eval as transfer_eval  # the report beside an evaluation's metrics
+
+    transfer_eval._report_skips(str(tmp_path), 7)
+    report = json.loads((tmp_path / "skipped_7.json").read_text())
+    assert report["sources"][f"{src._name}:validation"]["skipped"] == {reason: n_bad}
 
 
 def _empty(p):

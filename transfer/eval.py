@@ -452,6 +452,7 @@ def evaluate(
         out[got_step] = metrics
         with open(os.path.join(output_dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps({"step": got_step, **metrics}) + "\n")
+        _report_skips(output_dir, got_step)
         if export_dir:
             from tasks.exports import ExportError
 
@@ -467,6 +468,20 @@ def evaluate(
                     log.info("exported %s", path)
         print(f"step {got_step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return out
+
+
+def _report_skips(output_dir: str, step: int) -> None:
+    """Records the readers skipped (``--skip_missing_images``), by source and
+    reason, in ``output_dir/skipped_{step}.json`` beside the metrics."""
+    from locca.io_utils import atomic_write_json
+    from tasks.sources.common import skip_counts
+
+    skipped = skip_counts()
+    if skipped:
+        path = os.path.join(output_dir, f"skipped_{step}.json")
+        atomic_write_json(path, {"step": step, "sources": skipped}, indent=1)
+        total = sum(sum(v["skipped"].values()) for v in skipped.values())
+        print(f"step {step}: skipped {total} records without a readable image (see {path})")
 
 
 def main(argv):
