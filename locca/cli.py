@@ -97,6 +97,10 @@ def original_error(exc: BaseException) -> BaseException:
 def describe(exc: BaseException) -> str:
     """One line: ``<ErrorType>: <message>`` (message lines joined with ' | ')."""
     name, text = unwrap(exc)
+    loc = exc.args[1] if isinstance(exc, SyntaxError) and len(exc.args) > 1 else None
+    if hasattr(loc, "line_content"):  # a gin parse error: say where and what
+        where = f"file {loc.filename}" if loc.filename else "bindings (--gin.NAME=VALUE flags)"
+        text = f"{exc.args[0]} in gin {where} line {loc.line_num}: {loc.line_content.strip()!r}"
     lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and set(ln) != {"^"}]
     return f"{name}: {' | '.join(lines)}" if lines else name
