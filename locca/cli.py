@@ -76,6 +76,8 @@ def unwrap(exc: BaseException) -> tuple[str, str]:
             name, text = found[-1]
             return name.rsplit(".", 1)[-1], _clean(text)
         return type(exc).__name__, _clean(msg)
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        return type(exc).__name__, exc.args[0]  # str(KeyError) would quote the message
     return type(exc).__name__, str(exc)
 
 
