@@ -2,6 +2,7 @@
 gin macro set is used (a typo in ``--gin.NAME=VALUE`` is an error, not a new macro)."""
 
 import functools
+import itertools
 import os
 import pathlib
 import re
@@ -115,7 +116,7 @@ def check_gin_config(gin_files: Sequence[str] = (), search_paths: Sequence[str] 
     user = [f for f in gin_files if os.path.isfile(f)]
     for p in search_paths:
         if os.path.isdir(p) and os.path.abspath(p) != os.path.abspath("."):
-            user += sorted(pathlib.Path(p).rglob("*.gin"))
+            user += itertools.islice(pathlib.Path(p).rglob("*.gin"), 2000)  # bounded scan
     user_refs, _ = _scan(user)
     unknown = [m for m in unused if m not in repo_refs | repo_defs | user_refs]
     if not unknown:
