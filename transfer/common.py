@@ -26,7 +26,7 @@ import logging
 import os
 import pathlib
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -471,17 +471,21 @@ def model_dataset(
     split: str,
     task_feature_lengths: Mapping[str, int],
     image_size: int,
-    batch_size: int,
+    batch_size: int | None,
     shuffle: bool,
     seed: int = 0,
     num_epochs: int | None = None,
     drop_remainder: bool = True,
     with_task_features: bool = False,
+    shard_index: int = 0,
+    num_shards: int = 1,
 ):
     """tf.data of batched model features (``ImageTextFeatureConverter``).
 
     With ``with_task_features`` the un-converted task examples are returned
     instead (for evaluation, where targets and postprocessing need them).
+    ``batch_size`` None: unbatched examples. ``shard_index`` / ``num_shards``:
+    read that shard of the split (``seqio.ShardInfo``).
     """
     import seqio
 
@@ -494,14 +498,14 @@ def model_dataset(
         shuffle=shuffle,
         seed=seed if shuffle else None,
         num_epochs=num_epochs,
+        shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
         use_cached=False,
     )
     if with_task_features:
         return ds
     conv = ImageTextFeatureConverter(image_size=image_size)
     ds = conv(ds, dict(task_feature_lengths))
-    del seqio
-    return ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds if batch_size is None else ds.batch(batch_size, drop_remainder=drop_remainder)
 
 
 def train_batches(
@@ -512,31 +516,33 @@ def train_batches(
     batch_size: int,
     seed: int = 0,
     split: str = "train",
+    num_shards: int | None = None,
 ):
-    """The trainer's ``batches(start_step) -> iterator`` (deterministic).
+    """The trainer's ``batches(start_step) -> iterator`` (``locca.data.pipeline``).
 
-    The stream is a seeded shuffle of the repeated training split; resuming
-    at ``start_step`` skips that many batches, so batch ``s`` is the same
-    whether or not the run was interrupted.
+    The stream is a seeded shuffle of the repeated training split, read as
+    ``num_shards`` data shards (default: one per process; each process reads
+    only its own) and batched to ``batch_size`` global examples per step,
+    ``batch_size / process_count`` per process. ``batches(start_step)`` yields
+    batch ``start_step`` first, the same whether or not the run was interrupted.
     """
+    from locca.data import pipeline
 
-    def batches(start_step: int) -> Iterator[dict[str, np.ndarray]]:
-        ds = model_dataset(
+    def examples(shard_index: int, num_shards: int):
+        return model_dataset(
             name,
             split=split,
             task_feature_lengths=task_feature_lengths,
             image_size=image_size,
-            batch_size=batch_size,
+            batch_size=None,
             shuffle=True,
             seed=seed,
             num_epochs=None,
+            shard_index=shard_index,
+            num_shards=num_shards,
         )
-        if start_step:
-            ds = ds.skip(start_step)
-        for batch in ds.as_numpy_iterator():
-            yield {k: np.asarray(v) for k, v in batch.items()}
 
-    return batches
+    return pipeline.make_batches(examples, batch_size=batch_size, num_shards=num_shards)
 
 
 def check_vocabulary(bundle: ModelBundle, name: str) -> None:
