@@ -109,6 +109,7 @@ def _env():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """Runs the 3 worker processes (~3.5 CPU-minutes, mostly XLA compiles: slow tests)."""
     root = tmp_path_factory.mktemp("multihost")
     multi, single = root / "two_processes", root / "one_process"
     port = _free_port()
@@ -174,6 +175,7 @@ def _check_training_equal(multi, single, job, steps):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=f"{job}: {k}")
 
 
+@pytest.mark.slow
 def test_transfer_each_example_read_once_per_epoch_across_processes(runs):
     from locca.data.shapes import ShapesWorld
 
@@ -188,17 +190,21 @@ def test_transfer_each_example_read_once_per_epoch_across_processes(runs):
         assert read == train_ids, f"epoch {e}: not every training example read exactly once"
 
 
+@pytest.mark.slow
 def test_transfer_shards_and_global_batches(runs):
     _check_shards_and_global_batches(*runs, "transfer", worker.TRANSFER_STEPS)
 
 
+@pytest.mark.slow
 def test_transfer_training_equals_one_process(runs):
     _check_training_equal(*runs, "transfer", worker.TRANSFER_STEPS)
 
 
+@pytest.mark.slow
 def test_pretrain_shards_and_global_batches(runs):
     _check_shards_and_global_batches(*runs, "pretrain", worker.PRETRAIN_STEPS)
 
 
+@pytest.mark.slow
 def test_pretrain_training_equals_one_process(runs):
     _check_training_equal(*runs, "pretrain", worker.PRETRAIN_STEPS)
