@@ -4,7 +4,7 @@ Each measured scene includes the image and every annotation (caption, boxes,
 referring expressions, VQA, counting, text and knowledge questions); JPEG
 encoding is measured separately. Reports wall-clock rate and rate per CPU
 second of this process (the one-core number, robust to a busy machine).
-Run: ``python benchmarks/shapes_speed.py``.
+Run: ``python -m benchmarks.shapes_speed [--num 2000]``.
 """
 
 import argparse
@@ -26,10 +26,10 @@ def rate(resolution: int, num: int, jpeg: bool = False) -> tuple[float, float]:
     return num / (time.perf_counter() - t), num / (time.process_time() - c)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--num", type=int, default=2000)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     for res in (64, 224):
         n = args.num if res == 64 else max(1, args.num // 4)
         for jpeg, what in ((False, "scene + annotations"), (True, "+ JPEG encode")):
