@@ -400,7 +400,7 @@ def test_bad_format_and_cli(tmp_path):
         export("vqav2", tmp_path, 1, 0, "dev")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     res = subprocess.run(
-        [sys.executable, "-m", "locca.data.shapes", "export", "--format", "tallyqa", "--out",
+        [sys.executable, "-m", "locca.data", "export", "--format", "tallyqa", "--out",
          str(tmp_path / "cli"), "--num_images", "2", "--seed", "1", "--split", "test"],
         cwd=root, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

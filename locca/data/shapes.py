@@ -17,16 +17,15 @@ B" means ``cy(A) < cy(B)``; "the leftmost X" is the X with the smallest
 object involved is at least ``margin`` (normalised) away from the decision
 boundary, so humans and the plain definition agree.
 
-Command line: ``python -m locca.data.shapes export --format F --out DIR
---num_images N --seed S [--split train|val|test] [--resolution R]``.
+Command line (locca/data/__main__.py): ``python -m locca.data export --format F
+--out DIR --num_images N --seed S [--split train|val|test] [--resolution R]``;
+``python -m locca.data show --index K`` prints one scene's annotations.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import json
 import random
 from collections.abc import Callable, Sequence
 
@@ -836,46 +835,3 @@ def scene_to_jpeg(scene: Scene, quality: int = 95) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(scene.image).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from locca.data import export as export_lib
-
-    p = argparse.ArgumentParser(
-        prog="python -m locca.data.shapes", description=__doc__.split("\n")[0]
-    )
-    sub = p.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("export", help="write a split in an official dataset format")
-    e.add_argument("--format", required=True, choices=sorted(export_lib.FORMATS))
-    e.add_argument("--out", required=True)
-    e.add_argument("--num_images", type=int, default=100)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--split", default="train", choices=["train", "val", "test"])
-    e.add_argument("--resolution", type=int, default=64)
-    e.add_argument("--year", type=int, default=2014, choices=[2014, 2017])
-    s = sub.add_parser("show", help="print one scene's annotations as JSON")
-    s.add_argument("--index", type=int, default=0)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--resolution", type=int, default=64)
-    args = p.parse_args(argv)
-    if args.cmd == "export":
-        written = export_lib.export(
-            args.format, args.out, args.num_images, args.seed, args.split,
-            resolution=args.resolution, year=args.year,
-        )  # fmt: skip
-        print(f"wrote {args.format} ({args.split}, {args.num_images} images) to {args.out}:")
-        for path in written:
-            print("  " + path)
-        return 0
-    sc = ShapesWorld(args.resolution, args.seed).scene(args.index)
-    print(json.dumps(sc.annotations(), indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    from locca import cli
-
-    raise SystemExit(cli.run(main))
