@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from locca import pretrain_eval
 from locca.gin_flags import check_gin_config, rewrite_gin_args
 
 log = logging.getLogger("locca.pretrain")
@@ -278,12 +279,23 @@ def pretrain(
         batches = _repeat_first(batches)
     evaluators = []
     if evaluate:
-        from locca import pretrain_eval
+
+        def held_out(split: str):
+            return make_dataset(
+                task_obj,
+                split=split,
+                task_feature_lengths=lengths,
+                batch_size=None,
+                image_size=image_size,
+                shuffle=False,
+                num_epochs=1,
+            )
 
         evaluators.append(
             pretrain_eval.PretrainEvaluator(
                 model=model,
                 task=task_obj,
+                dataset_fn=held_out,
                 task_feature_lengths=lengths,
                 image_size=image_size,
                 tasks=tuple(tasks),

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -102,7 +102,11 @@ class PretrainEvaluator:
 
     Args:
       model: the ``LocCa`` module.
-      task: seqio pretraining task (name or object) with image/cap/aref/gcap.
+      task: the seqio pretraining task (object) with image/cap/aref/gcap.
+      dataset_fn: ``dataset_fn(split)`` -> tf.data of the split's examples as
+        unbatched model features, in order, one epoch (the pretraining entry
+        point passes its ``make_dataset``; the feature converter lives in
+        ``tasks/``, above this library).
       task_feature_lengths: {cap, aref, gcap} token lengths (as in training).
       image_size: model input side (pixels).
       tasks: the tasks trained (losses are reported for these; ARef is
@@ -121,6 +125,7 @@ class PretrainEvaluator:
         *,
         model: locca_lib.LocCa,
         task: Any,
+        dataset_fn: Callable[[str], Any],
         task_feature_lengths: Mapping[str, int],
         image_size: int,
         tasks: Sequence[str] = locca_lib.TASKS,
@@ -136,10 +141,8 @@ class PretrainEvaluator:
         aref_eval: bool | None = None,
         caption_len: int | None = None,
     ):
-        from locca.pretrain import _get_task, make_dataset
-
         self.model = model
-        self.task = _get_task(task)
+        self.task = task
         self.lengths = {k: int(v) for k, v in dict(task_feature_lengths).items()}
         self.image_size = int(image_size)
         self.tasks = tuple(tasks)
@@ -152,16 +155,7 @@ class PretrainEvaluator:
         self.caption_len = int(caption_len or self.lengths["cap"])
 
         # Held-out examples, loaded once into host memory.
-        ds = make_dataset(
-            self.task,
-            split=split,
-            task_feature_lengths=self.lengths,
-            batch_size=1,
-            image_size=self.image_size,
-            shuffle=False,
-            num_epochs=1,
-        ).unbatch()
-        exs = list(ds.take(num_examples).as_numpy_iterator())
+        exs = list(dataset_fn(split).take(num_examples).as_numpy_iterator())
         if not exs:
             raise ValueError(f"task {self.task.name}: split {split!r} has no examples")
         # The same examples before feature conversion: the image's regions
@@ -195,16 +189,7 @@ class PretrainEvaluator:
             self.aref_gt.append(box)
         if self.aref_eval:
             train_boxes = []
-            tds = make_dataset(
-                self.task,
-                split="train",
-                task_feature_lengths=self.lengths,
-                batch_size=1,
-                image_size=self.image_size,
-                shuffle=False,
-                num_epochs=1,
-            ).unbatch()
-            for e in tds.take(num_mean_box_examples).as_numpy_iterator():
+            for e in dataset_fn("train").take(num_mean_box_examples).as_numpy_iterator():
                 p = split_aref(self.vocab.decode(_strip_eos(e["aref_decoder_target_tokens"])))
                 b = self.codec.decode(p[1]) if p else None
                 if b is not None:

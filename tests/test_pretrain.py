@@ -97,8 +97,16 @@ def evaluator_and_params(small_task, tmp_path_factory):
     )
     params = locca.init_params(model, jax.random.PRNGKey(0), image_size=32, text_len=40)
     out = tmp_path_factory.mktemp("eval")
+
+    def dataset_fn(split):
+        return pretrain.make_dataset(
+            small_task, split=split, task_feature_lengths=LENGTHS, batch_size=None,
+            image_size=32, shuffle=False, num_epochs=1,
+        )  # fmt: skip
+
     ev = pretrain_eval.PretrainEvaluator(
-        model=model, task=small_task, task_feature_lengths=LENGTHS, image_size=32,
+        model=model, task=small_task, dataset_fn=dataset_fn, task_feature_lengths=LENGTHS,
+        image_size=32,
         model_dir=str(out), num_examples=8, batch_size=4, num_mean_box_examples=48, num_render=4,
     )  # fmt: skip
     return ev, params, out
