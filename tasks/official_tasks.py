@@ -33,7 +33,8 @@ import functools
 import os
 
 from tasks import registry
-from tasks.shapes_tasks import _METRICS
+from tasks.pretrain_tasks import make_pretrain_task
+from tasks.shapes_tasks import _METRICS, format_for, postprocessor_for
 from tasks.sources import coco, refcoco, regions, text_count, tfds_sources, vqa
 from tasks.sources.common import RecordSource
 
@@ -120,8 +121,6 @@ def make_task(
     box_order: str = "yxyx",
     vocabulary=None,
 ):
-    from tasks.shapes_tasks import format_for, postprocessor_for
-
     return registry.add_task(
         name,
         source=source,
@@ -227,8 +226,6 @@ _SOURCE_KW = ("data_dir", "image_dir", "skip_missing_images", "coco_image_dir")
 
 
 def _pretrain(name, source, kw):
-    from tasks.pretrain_tasks import make_pretrain_task
-
     tk = _task_kwargs(kw)
     tk.setdefault("image_size", DEFAULT_IMAGE_SIZE)
     return make_pretrain_task(name, source, **tk)

@@ -80,6 +80,3 @@ def make_shapes_pretrain_task(
 
 def register() -> None:
     make_shapes_pretrain_task()
-    from tasks import official_tasks
-
-    official_tasks.register_pretrain()

@@ -1,5 +1,8 @@
 """Task registration helpers: output features, data directories, metrics.
 
+A leaf of the tasks package: the task modules import it, it imports none of them
+(`tasks/__init__.py` calls each module's `register()`).
+
 Registration never touches the disk: sources parse their files when a dataset
 is requested, and the vocabulary is built on first use.
 
@@ -20,6 +23,7 @@ from collections.abc import Callable, Sequence
 import seqio
 import tensorflow as tf
 
+from locca.boxes import BoxCodec
 from locca.vocab import task_vocabulary
 from tasks import preprocessors as prep
 
@@ -156,8 +160,6 @@ def text_postprocessor(output, example=None, is_target=False):
 def rec_postprocessor_factory(encoding="text", num_bins=None, order="yxyx"):
     """REC: predictions -> box (np [4] or None) via BoxCodec.decode; targets ->
     {"box": ground-truth box, "expression", "id"}."""
-    from locca.boxes import BoxCodec
-
     codec = BoxCodec(encoding=encoding, num_bins=num_bins, order=order)
 
     def _post(output, example=None, is_target=False):
@@ -188,19 +190,3 @@ def add_mixture(name: str, tasks: Sequence[str | tuple[str, float]], default_rat
     if name in seqio.MixtureRegistry.names():
         return seqio.MixtureRegistry.get(name)
     return seqio.MixtureRegistry.add(name, list(tasks), default_rate=default_rate)
-
-
-_REGISTERED = False
-
-
-def register_all() -> None:
-    """Registers every locca task and mixture (idempotent)."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    from tasks import official_tasks, pretrain_tasks, shapes_tasks
-
-    shapes_tasks.register()
-    official_tasks.register()
-    pretrain_tasks.register()
-    _REGISTERED = True
