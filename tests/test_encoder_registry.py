@@ -47,6 +47,7 @@ from checkpoints import bv_npz, export_encoder, hf_clip, hf_siglip
 from locca.gin_flags import rewrite_gin_args
 from locca.models import vit
 from transfer import common
+from transfer import train as train_lib
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_gin")]
 
@@ -121,7 +122,7 @@ def _parse_like_cli(argv):
     for arg in rewrite_gin_args(argv):
         name, value = arg.split("=", 1)
         {"--gin_file": files, "--gin_bindings": bindings}[name].append(value)
-    common.register_configurables()
+    train_lib.register_configurables()
     common.parse_gin(files, bindings)
 
 

@@ -153,11 +153,12 @@ def test_hf_gin_matches_converter_for_siglip_base(repo_root):
     768 wide, 12 deep, MLP 3072, 12 heads, patch 16, 224 px, gelu_pytorch_tanh, eps 1e-6)."""
     import gin
     from transfer import common
+    from transfer import train as train_lib
 
     hf_config = {"model_type": "siglip", "vision_config": {"model_type": "siglip_vision_model"}}
     want = hf_siglip.model_config_from_hf(hf_config)
     want.pop("num_classes")
-    common.register_configurables()
+    train_lib.register_configurables()
     gin.clear_config()
     try:
         common.parse_gin(

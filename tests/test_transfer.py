@@ -15,6 +15,7 @@ import pytest
 
 import gin
 from transfer import common
+from transfer import train as train_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENCODER_FILES = sorted((REPO / "gin" / "encoders").glob("*.gin"))
@@ -115,7 +116,7 @@ def test_rewrite_gin_args():
 
 @pytest.mark.parametrize("path", ENCODER_FILES, ids=lambda p: p.stem)
 def test_encoder_gin_files(path):
-    common.register_configurables()
+    train_lib.register_configurables()
     common.parse_gin(
         ["runs/finetune.gin", str(path)],
         ["MODEL_DIR = '/tmp/unused'", "MIXTURE_OR_TASK_NAME = 'shapes_vqa'"],
@@ -276,7 +277,7 @@ def test_cli_sigkill_then_resume_is_bitwise(reference_run, tmp_path):
 def test_eval_every_checkpoint_and_exports(reference_run, tmp_path):
     from transfer import eval as eval_lib
 
-    common.register_configurables()
+    eval_lib.register_configurables()
     bindings = [b.split("=", 1)[0][len("--gin.") :] + " = " + b.split("=", 1)[1] for b in MICRO]
     common.parse_gin(
         ["runs/eval.gin", "encoders/locca_tiny.gin"],
@@ -341,7 +342,7 @@ def test_infer_single_image_and_boxes(tmp_path):
     from locca.boxes import BoxCodec
     from transfer import infer
 
-    common.register_configurables()
+    infer.register_configurables()
     bindings = [b.split("=", 1)[0][len("--gin.") :] + " = " + b.split("=", 1)[1] for b in MICRO]
     common.parse_gin(
         ["runs/infer.gin", "encoders/locca_tiny.gin"],

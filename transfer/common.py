@@ -26,7 +26,7 @@ import logging
 import os
 import pathlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -35,6 +35,7 @@ import numpy as np
 from locca.gin_flags import check_gin_config, rewrite_gin_args
 from locca.models import pali
 from locca.models import t5 as t5_lib
+from locca.training import optimizers, schedules
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def parse_gin(
 _REGISTERED = False
 
 
-def _register(fn, name: str, module: str) -> None:
+def register_configurable(fn, name: str, module: str) -> None:
+    """``gin.external_configurable`` that tolerates an earlier registration of ``name``."""
     import gin
 
     try:
@@ -92,31 +94,25 @@ def _register(fn, name: str, module: str) -> None:
 
 
 def register_configurables() -> None:
-    """Registers the transfer jobs and library pieces with gin (idempotent).
+    """Registers the library pieces the transfer jobs share with gin (idempotent).
 
-    Names (module ``transfer`` unless noted): ``transfer.train``,
-    ``transfer.evaluate``, ``transfer.infer``, ``transfer.encoder``,
+    Names (module ``transfer`` unless noted): ``transfer.encoder``,
     ``transfer.language_model``, ``transfer.build_model``,
     ``transfer.make_optimizer``, ``transfer.make_schedule``, and the T5 config
-    class as ``locca.models.t5.T5Config`` (short: ``T5Config``).
+    class as ``locca.models.t5.T5Config`` (short: ``T5Config``). Each job adds
+    itself in its own ``register_configurables``: ``transfer.evaluate``
+    (eval.py), ``transfer.train`` (train.py, with evaluate), ``transfer.infer``
+    (infer.py, with evaluate); ``transfer.experiment`` registers them all.
     """
     global _REGISTERED
     if _REGISTERED:
         return
-    from locca.training import optimizers, schedules
-    from transfer import eval as eval_lib
-    from transfer import infer as infer_lib
-    from transfer import train as train_lib
-
-    _register(train_lib.train, "train", "transfer")
-    _register(eval_lib.evaluate, "evaluate", "transfer")
-    _register(infer_lib.infer, "infer", "transfer")
-    _register(encoder, "encoder", "transfer")
-    _register(language_model, "language_model", "transfer")
-    _register(build_model, "build_model", "transfer")
-    _register(optimizers.make_optimizer, "make_optimizer", "transfer")
-    _register(schedules.make_schedule, "make_schedule", "transfer")
-    _register(t5_lib.T5Config, "T5Config", "locca.models.t5")
+    register_configurable(encoder, "encoder", "transfer")
+    register_configurable(language_model, "language_model", "transfer")
+    register_configurable(build_model, "build_model", "transfer")
+    register_configurable(optimizers.make_optimizer, "make_optimizer", "transfer")
+    register_configurable(schedules.make_schedule, "make_schedule", "transfer")
+    register_configurable(t5_lib.T5Config, "T5Config", "locca.models.t5")
     _REGISTERED = True
 
 
@@ -128,11 +124,12 @@ def set_data_dir(data_dir: str | None) -> None:
         os.environ[registry.DATA_DIR_ENV] = os.fspath(data_dir)
 
 
-def run(main) -> None:
+def run(main, register_configurables: Callable[[], None]) -> None:
     """absl ``app.run`` with gin flags parsed before ``main(argv)``; a failure
     is one ``error:`` line and exit status 1 (``--verbose``: the traceback;
     ``--skip_missing_images``: skip and count records without a readable
-    image; see locca/cli.py)."""
+    image; see locca/cli.py). ``register_configurables``: the job's gin
+    registration (e.g. ``transfer.train.register_configurables``)."""
     import sys
 
     from absl import app, flags

@@ -484,6 +484,12 @@ def _report_skips(output_dir: str, step: int) -> None:
         print(f"step {step}: skipped {total} records without a readable image (see {path})")
 
 
+def register_configurables() -> None:
+    """gin: the shared pieces (``common.register_configurables``) and ``transfer.evaluate``."""
+    common.register_configurables()
+    common.register_configurable(evaluate, "evaluate", "transfer")
+
+
 def main(argv):
     del argv
     import gin
@@ -492,4 +498,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    common.run(main)
+    common.run(main, register_configurables)

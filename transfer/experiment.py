@@ -49,8 +49,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from transfer import common
+from transfer import common, rec_protocol
+from transfer import infer as infer_lib
 from transfer import report as report_lib
+from transfer import train as train_lib
 
 log = logging.getLogger("transfer.experiment")
 
@@ -132,11 +134,10 @@ def fingerprint(gin_files: Sequence[str], bindings: Sequence[str], search=()) ->
 
 def register_configurables() -> None:
     """The transfer jobs plus ``run_experiment`` and ``rec_protocol`` (idempotent)."""
-    common.register_configurables()
-    from transfer import rec_protocol
-
-    common._register(run_experiment, "run_experiment", "transfer")
-    common._register(rec_protocol.rec_protocol, "rec_protocol", "transfer")
+    train_lib.register_configurables()  # with transfer.evaluate and the shared pieces
+    infer_lib.register_configurables()
+    common.register_configurable(run_experiment, "run_experiment", "transfer")
+    common.register_configurable(rec_protocol.rec_protocol, "rec_protocol", "transfer")
 
 
 def _seed_tf(seed: int | None) -> None:

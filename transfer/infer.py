@@ -28,6 +28,7 @@ import numpy as np
 from locca.io_utils import atomic_write_json
 from locca.models import pali
 from transfer import common
+from transfer import eval as eval_lib
 
 log = logging.getLogger("transfer.infer")
 
@@ -130,7 +131,6 @@ def infer(
       Others: decoding, as ``pali.predict``.
     """
     from locca.boxes import BoxCodec
-    from transfer.eval import InferenceEvaluator, write_jsonl
 
     common.set_data_dir(data_dir)
     lengths = dict(task_feature_lengths)
@@ -186,7 +186,7 @@ def infer(
     if not mixture_or_task_name:
         raise ValueError("give a task (MIXTURE_OR_TASK_NAME) or --image and --prompt")
     common.check_vocabulary(bundle, mixture_or_task_name)
-    evaluator = InferenceEvaluator(
+    evaluator = eval_lib.InferenceEvaluator(
         bundle,
         mixture_or_task_name,
         split=split,
@@ -210,7 +210,9 @@ def infer(
                 draw_boxes(ex["image"], boxes, [rec["prediction"]], png)
                 rec["png"] = png
                 drawn += 1
-        write_jsonl(os.path.join(output_dir, "predictions", f"{name}_{got_step}.jsonl"), records)
+        eval_lib.write_jsonl(
+            os.path.join(output_dir, "predictions", f"{name}_{got_step}.jsonl"), records
+        )
         all_records.extend(records)
     atomic_write_json(
         os.path.join(output_dir, "metrics.json"), {"step": got_step, **metrics}, indent=2
@@ -240,6 +242,12 @@ def _define_flags():
     flags.DEFINE_string("prompt", None, 'Single-image mode: the prompt, e.g. "caption en".')
 
 
+def register_configurables() -> None:
+    """gin: ``transfer.evaluate`` and the shared pieces (eval.py) and ``transfer.infer``."""
+    eval_lib.register_configurables()
+    common.register_configurable(infer, "infer", "transfer")
+
+
 if __name__ == "__main__":
     _define_flags()
-    common.run(main)
+    common.run(main, register_configurables)

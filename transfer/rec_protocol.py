@@ -39,6 +39,7 @@ from locca import losses
 from locca.io_utils import atomic_write_json
 from locca.models import decoder as decoder_lib
 from transfer import common
+from transfer.eval import _jsonable, _TaskData, write_jsonl
 
 log = logging.getLogger("transfer.rec_protocol")
 
@@ -240,7 +241,6 @@ def evaluate(
     predictions_path: str | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Greedy-decodes the boxes of one split; -> (metrics, prediction records)."""
-    from transfer.eval import _jsonable, _TaskData, write_jsonl
 
     data = _TaskData(
         common.get_task(task),

@@ -30,6 +30,7 @@ from typing import Any
 from locca.io_utils import atomic_write_json
 from locca.models import pali
 from transfer import common
+from transfer import eval as eval_lib
 
 log = logging.getLogger("transfer.train")
 
@@ -90,7 +91,6 @@ def train(
     """
     from locca.training import optimizers
     from locca.training.trainer import train as trainer_train
-    from transfer.eval import InferenceEvaluator
 
     common.set_data_dir(data_dir)
     common.write_gin_config(model_dir)
@@ -120,7 +120,7 @@ def train(
     )
     if eval_name and eval_every != 0:
         evaluators.append(
-            InferenceEvaluator(
+            eval_lib.InferenceEvaluator(
                 bundle,
                 eval_name,
                 split=eval_split,
@@ -193,6 +193,12 @@ def _write_model_info(model_dir: str, bundle: common.ModelBundle) -> None:
     atomic_write_json(os.path.join(model_dir, "model_info.json"), info, indent=2, sort_keys=True)
 
 
+def register_configurables() -> None:
+    """gin: ``transfer.evaluate`` and the shared pieces (eval.py) and ``transfer.train``."""
+    eval_lib.register_configurables()
+    common.register_configurable(train, "train", "transfer")
+
+
 def main(argv):
     del argv
     import gin
@@ -201,4 +207,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    common.run(main)
+    common.run(main, register_configurables)
