@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo reproduce test lint format bench clean
 
 $(STAMP): setup.py pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m locca.demo --out demo_out
+
+# LocCa vs Cap/CapPa on the shapes world at a larger budget (gin/demo/reproduce.gin);
+# resumable: `make reproduce RESUME=--resume` keeps finished stages and cells.
+reproduce: $(STAMP)
+	$(PY) -m locca.demo --out reproduce_out --gin_file=demo/reproduce.gin $(RESUME)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -32,4 +37,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
 
 clean:
-	rm -rf demo_out build *.egg-info
+	rm -rf demo_out reproduce_out build *.egg-info

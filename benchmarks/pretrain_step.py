@@ -4,11 +4,19 @@ r"""Train-step time of LocCa (3 tasks) vs Cap (captioning only), one process.
         [--image_size 64] [--vocab 2028] [--steps 10] [--dtype float32]
 
 Both steps are the full update (forward, backward, AdamW update) on the same
-synthetic batch (same images, same text lengths, same model); LocCa decodes
-cap + aref + gcap in one batched decoder call (3x the decoder rows), Cap
-decodes cap only. Prints each step time (median of ``--steps`` timed steps
-after a compile and a warm-up step), images/s, and the ratio
+synthetic batch (same images, same model); LocCa decodes cap, aref and gcap,
+each at its own text length (``LENGTHS``), Cap decodes cap only. Prints each
+step time (median of ``--steps`` timed steps after a compile and a warm-up
+step, the two models timed alternately so machine noise hits both alike),
+images/s, and the ratio
 LocCa step / Cap step. ``--json`` also writes the numbers to a file.
+
+``--pipeline N`` also times the real input pipeline alone (the toy recipe's
+shapes pretraining task through ``locca.pretrain.make_batches``: scene
+generation, JPEG-free preprocessing, tokenisation, feature conversion,
+prefetch) over N batches after a warm-up epoch, and prints its examples/s
+against the LocCa step's consumption (img/s): the pipeline keeps up when the
+ratio is > 1.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ MODELS = {
     "B/16": dict(variant="B/16"),
     "L/14": dict(variant="L/14"),
 }
-LENGTHS = {"cap": 40, "aref": 28, "gcap": 28}
+LENGTHS = {"cap": 40, "aref": 18, "gcap": 18}  # the toy recipe (gin/pretrain/locca_tiny.gin)
 
 
 def synthetic_batch(batch: int, image_size: int, vocab: int, lengths=LENGTHS, seed=0) -> dict:
@@ -44,8 +52,8 @@ def synthetic_batch(batch: int, image_size: int, vocab: int, lengths=LENGTHS, se
     return out
 
 
-def time_step(model, params, batch, *, tasks, parallel_prob, steps: int) -> float:
-    """Median seconds per full update."""
+def make_stepper(model, params, batch, *, tasks, parallel_prob):
+    """A callable running one full update (compiled and warmed up) and returning seconds."""
     loss_fn = locca.make_loss_fn(model, tasks=tasks, parallel_prob=parallel_prob)
     opt = optax.adamw(1e-4)
 
@@ -55,19 +63,48 @@ def time_step(model, params, batch, *, tasks, parallel_prob, steps: int) -> floa
         u, s = opt.update(g, s, p)
         return optax.apply_updates(p, u), s, loss
 
-    state = opt.init(params)
     b = jax.device_put(batch)
-    p, s, loss = step(params, state, b, jax.random.PRNGKey(0))  # compile
-    jax.block_until_ready(loss)
-    p, s, loss = step(p, s, b, jax.random.PRNGKey(1))  # warm-up
-    jax.block_until_ready(loss)
-    times = []
-    for i in range(steps):
+    state = {"p": params, "s": opt.init(params), "i": 0}
+
+    def run() -> float:
         t0 = time.perf_counter()
-        p, s, loss = step(p, s, b, jax.random.PRNGKey(2 + i))
+        state["p"], state["s"], loss = step(
+            state["p"], state["s"], b, jax.random.PRNGKey(state["i"])
+        )
         jax.block_until_ready(loss)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        state["i"] += 1
+        return time.perf_counter() - t0
+
+    run()  # compile
+    run()  # warm-up
+    return run
+
+
+def time_steps(steppers: dict, steps: int) -> dict[str, float]:
+    """Median seconds per update of each stepper, timed interleaved (A B A B ...)
+    so that a noisy shared machine slows all of them alike."""
+    times = {k: [] for k in steppers}
+    for _ in range(steps):
+        for k, run in steppers.items():
+            times[k].append(run())
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def time_pipeline(batch: int, num_batches: int) -> float:
+    """Examples/s of the shapes pretraining input pipeline alone (one process)."""
+    from locca import pretrain
+    from tasks import pretrain_tasks
+
+    task = pretrain_tasks.make_shapes_pretrain_task(
+        "shapes_pretrain_bench", num_train=2000, box_encoding="loc", num_bins=32
+    )
+    it = pretrain.make_batches(task, task_feature_lengths=LENGTHS, batch_size=batch)(0)
+    for _ in range(2000 // batch + 2):  # first epoch: scenes generated and cached
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(num_batches):
+        next(it)
+    return num_batches * batch / (time.perf_counter() - t0)
 
 
 def main(argv=None) -> dict:
@@ -75,10 +112,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", default="tiny", choices=sorted(MODELS))
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--image_size", type=int, default=64)
-    ap.add_argument("--vocab", type=int, default=2028)
+    ap.add_argument("--vocab", type=int, default=2304)  # the shapes vocabulary
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--dtype", default="float32", help="matmul dtype (bfloat16 on accelerators)")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--pipeline", type=int, default=0, help="also time N input batches")
     args = ap.parse_args(argv)
 
     model = locca.build_model(
@@ -91,10 +129,14 @@ def main(argv=None) -> dict:
         model, jax.random.PRNGKey(0), image_size=args.image_size, text_len=max(LENGTHS.values())
     )
     batch = synthetic_batch(args.batch, args.image_size, args.vocab)
-    t_locca = time_step(
-        model, params, batch, tasks=("cap", "aref", "gcap"), parallel_prob=0.5, steps=args.steps
-    )
-    t_cap = time_step(model, params, batch, tasks=("cap",), parallel_prob=0.0, steps=args.steps)
+    steppers = {
+        "locca": make_stepper(
+            model, params, batch, tasks=("cap", "aref", "gcap"), parallel_prob=0.5
+        ),
+        "cap": make_stepper(model, params, batch, tasks=("cap",), parallel_prob=0.0),
+    }
+    med = time_steps(steppers, args.steps)
+    t_locca, t_cap = med["locca"], med["cap"]
     res = {
         "device": str(jax.devices()[0].device_kind),
         "model": args.model,
@@ -116,6 +158,13 @@ def main(argv=None) -> dict:
     print(f"LocCa 3-task step: {t_locca * 1e3:9.1f} ms  {res['locca_images_per_s']:9.1f} img/s")
     print(f"Cap step:          {t_cap * 1e3:9.1f} ms  {res['cap_images_per_s']:9.1f} img/s")
     print(f"ratio LocCa / Cap step time: {res['ratio_locca_over_cap']:.2f}")
+    if args.pipeline:
+        res["pipeline_examples_per_s"] = time_pipeline(args.batch, args.pipeline)
+        res["pipeline_over_locca_step"] = res["pipeline_examples_per_s"] / res["locca_images_per_s"]
+        print(
+            f"input pipeline alone: {res['pipeline_examples_per_s']:9.1f} examples/s "
+            f"({res['pipeline_over_locca_step']:.1f}x the LocCa step's consumption)"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

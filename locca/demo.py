@@ -147,6 +147,7 @@ def read_budget(gin_files: Sequence[str], bindings: Sequence[str]) -> dict:
         "TRANSFER_STEPS",
         "REC_STEPS",
         "NUM_EVAL_EXAMPLES",
+        "ZERO_SHOT_AREF",
     )
     budget = {n.lower(): gin.query_parameter(f"%{n}") for n in names}
     with gin.unlock_config():
@@ -178,6 +179,7 @@ def stage_pretrain(work: str, budget: Mapping, encoders: Sequence[str] = ENCODER
     from locca import pretrain
 
     steps, bs, seed = budget["pretrain_steps"], budget["pretrain_batch_size"], budget["seed"]
+    zero_shot = bool(budget.get("zero_shot_aref"))
     out, times = {}, {}
     for i, name in enumerate(encoders):
         model_dir = os.path.join(work, "pretrain", name)
@@ -197,6 +199,9 @@ def stage_pretrain(work: str, budget: Mapping, encoders: Sequence[str] = ENCODER
                     f"locca.make_optimizer.warmup_steps = {_warmup(steps)}",
                     f"locca.pretrain.seed = {seed}",
                     f"locca.pretrain.data_seed = {seed}",
+                    # Zero-shot ARef once, at the end (LocCa only: Cap/CapPa never saw it).
+                    f"locca.pretrain.evaluate = {zero_shot and name == 'locca'}",
+                    f"locca.pretrain.eval_every = {steps}",
                 ],
             )
         pretrain.run_from_gin()
@@ -599,6 +604,75 @@ def _above(values: Mapping, base: Mapping, cols: Sequence[Mapping]) -> str:
     )
 
 
+AREF_BASELINES = (
+    ("whole_image", "whole image"),
+    ("mean_box", "mean training box"),
+    ("largest_region", "largest region of the image"),
+    ("random_region", "random region of the image"),
+)
+
+
+def zero_shot_aref_lines(work: str, encoder: str = "locca") -> list[str]:
+    """Report lines: the encoder's last zero-shot ARef evaluation (pretraining
+    metrics.jsonl) with 95% intervals, against every trivial baseline."""
+    rows = [
+        r
+        for r in _read_jsonl(os.path.join(work, "pretrain", encoder, "metrics.jsonl"))
+        if "aref_acc@0.5" in r
+    ]
+    if not rows:
+        return ["No zero-shot ARef evaluation in this run (budget ZERO_SHOT_AREF = False)."]
+    r = rows[-1]
+
+    def ci(key: str, suffix: str = "") -> str:
+        lo, hi = r.get(f"{key}_low{suffix}"), r.get(f"{key}_high{suffix}")
+        v = r[f"{key}{suffix}"]
+        return f"{100 * v:.1f}" + (f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None else "")
+
+    table = {DISPLAY.get(encoder, encoder): [ci("aref_acc@0.5"), ci("aref_mean_iou")]}
+    for key, label in AREF_BASELINES:
+        if f"aref_acc@0.5_{key}" in r:
+            miou = r.get(f"aref_mean_iou_{key}")
+            table[label] = [
+                ci("aref_acc@0.5", f"_{key}"),
+                "" if miou is None else f"{100 * miou:.1f}",
+            ]
+    n = int(r.get("aref_num_examples", 0))
+    return [
+        f"Zero-shot ARef of the {DISPLAY.get(encoder, encoder)} model after pretraining (step "
+        f"{r['step']}): the prompt `ARef : {{description}} :` on {n} held-out regions (one per "
+        "held-out image), the greedy box scored against the true one; 95% intervals in "
+        "brackets (Wilson for Acc@0.5, normal for mean IoU). Baselines read no prompt; the "
+        "region baselines know the image's regions (a perfect detector without grounding).",
+        "",
+        _md_table(["Acc@0.5 (%)", "mean IoU (%)"], table),
+        "",
+        f"Unparsed outputs: {int(r.get('aref_num_unparsed', 0))}; zero-area boxes: "
+        f"{int(r.get('aref_num_degenerate', 0))}.",
+    ]
+
+
+def rec_interval_lines(table: Mapping, n: int) -> list[str]:
+    """'REC frozen ...: Cap 12.0 [10.1, 14.2], ...' per frozen-REC column (Wilson, n each)."""
+    from locca import stats
+
+    out = []
+    for c in table["columns"]:
+        if not (c["task"].startswith("rec_protocol:") and c["metric"].endswith("acc@0.5")):
+            continue
+        parts = []
+        for r in table["rows"]:
+            v = r["values"].get(c["key"])
+            if v is None or not n:
+                continue
+            lo, hi = stats.proportion_ci(round(v / 100 * n), n)
+            name = DISPLAY.get(r["encoder"], r["encoder"])
+            parts.append(f"{name} {v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]")
+        if parts:
+            out.append(f"- {c['label']} (n = {n}, 95% Wilson interval): " + ", ".join(parts))
+    return out
+
+
 def _md_table(columns: Sequence[str], rows: Mapping[str, Sequence]) -> str:
     lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name, vals in rows.items():
@@ -664,6 +738,15 @@ def stage_report(out: str, work: str, budget: Mapping, stages: Mapping, encoders
         "## LocCa's localisation advantage",
         "",
         head,
+        "",
+        *rec_interval_lines(table, budget["num_eval_examples"]),
+        "",
+        "## Zero-shot ARef (LocCa pretraining)",
+        "",
+        *zero_shot_aref_lines(work),
+        "",
+        "The full comparison at a larger budget: `make reproduce` (README, "
+        '"The toy localisation benchmark").',
         "",
         "## The paper's numbers (paper scale, for orientation only)",
         "",
