@@ -32,8 +32,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from checkpoints import bv_npz, hf_t5
+from locca import cli
+from locca.data import pipeline
 from locca.gin_flags import check_gin_config, rewrite_gin_args
-from locca.models import pali
+from locca.models import pali, vit
 from locca.models import t5 as t5_lib
 from locca.training import optimizers, schedules
 
@@ -133,8 +136,6 @@ def run(main, register_configurables: Callable[[], None]) -> None:
     import sys
 
     from absl import app, flags
-
-    from locca import cli
 
     define_gin_flags()
     register_configurables()
@@ -242,8 +243,6 @@ def encoder(
         checkpoint = None
     cfg = {}
     if variant:
-        from locca.models import vit
-
         cfg.update(vit.decode_variant(variant))
     if vit_config is not None:
         cfg.update(vit_config)
@@ -291,8 +290,6 @@ def language_model(*, config: Any = None, checkpoint: str | None = None) -> Lang
     if checkpoint in ("", "None", "none"):
         checkpoint = None
     if checkpoint is not None:
-        from checkpoints import hf_t5
-
         cfg_path = pathlib.Path(checkpoint) / "config.json"
         ckpt_config = hf_t5.config_from_hf(hf_t5._read_json(cfg_path), source=str(cfg_path))
         if config is not None:
@@ -365,8 +362,6 @@ def initial_params(bundle: ModelBundle, seed: int = 0) -> tuple[dict, dict, dict
     params, axes = pali.init_params(bundle.model, jax.random.PRNGKey(seed))
     params = dict(params)
     if bundle.encoder.checkpoint:
-        from checkpoints import bv_npz
-
         params["img"] = bv_npz.load_vit_params(
             params["img"], bundle.encoder.checkpoint, dict(bundle.encoder.vit_config)
         )
@@ -374,8 +369,6 @@ def initial_params(bundle: ModelBundle, seed: int = 0) -> tuple[dict, dict, dict
     else:
         log.warning("encoder %s: no checkpoint, random initialisation", bundle.encoder.name)
     if bundle.lm.checkpoint:
-        from checkpoints import hf_t5
-
         cfg, lm_params = hf_t5.load_hf_t5(bundle.lm.checkpoint)
         _check_t5_match(bundle.lm.config, cfg, bundle.lm.checkpoint)
         _check_same_structure(params["llm"], lm_params, bundle.lm.checkpoint)
@@ -523,7 +516,6 @@ def train_batches(
     ``batch_size / process_count`` per process. ``batches(start_step)`` yields
     batch ``start_step`` first, the same whether or not the run was interrupted.
     """
-    from locca.data import pipeline
 
     def examples(shard_index: int, num_shards: int):
         return model_dataset(

@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from locca.io_utils import atomic_write_json
 from locca.models import pali
 from transfer import common
 
@@ -473,7 +474,6 @@ def evaluate(
 def _report_skips(output_dir: str, step: int) -> None:
     """Records the readers skipped (``--skip_missing_images``), by source and
     reason, in ``output_dir/skipped_{step}.json`` beside the metrics."""
-    from locca.io_utils import atomic_write_json
     from tasks.sources.common import skip_counts
 
     skipped = skip_counts()

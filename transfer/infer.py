@@ -25,6 +25,8 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
+from locca import vocab as vocab_lib
+from locca.boxes import BoxCodec
 from locca.io_utils import atomic_write_json
 from locca.models import pali
 from transfer import common
@@ -48,12 +50,10 @@ def _load_image(path: str, size: int) -> np.ndarray:
 
 def _vocabulary():
     """The vocabulary the registered tasks use ($LOCCA_VOCAB or the default)."""
-    from locca import vocab
-
     return (
-        vocab.task_vocabulary()
-        if hasattr(vocab, "task_vocabulary")
-        else (vocab.default_vocabulary())
+        vocab_lib.task_vocabulary()
+        if hasattr(vocab_lib, "task_vocabulary")
+        else (vocab_lib.default_vocabulary())
     )
 
 
@@ -130,8 +130,6 @@ def infer(
       num_draw: examples drawn as PNG (task mode, when boxes are predicted).
       Others: decoding, as ``pali.predict``.
     """
-    from locca.boxes import BoxCodec
-
     common.set_data_dir(data_dir)
     lengths = dict(task_feature_lengths)
     bundle = model

@@ -35,9 +35,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from locca import losses
+from checkpoints import bv_npz
+from locca import decoding, losses
 from locca.io_utils import atomic_write_json
 from locca.models import decoder as decoder_lib
+from locca.models import vit
+from locca.training import optimizers
+from locca.training.trainer import train as trainer_train
 from transfer import common
 from transfer.eval import _jsonable, _TaskData, write_jsonl
 
@@ -129,15 +133,11 @@ def build_decoder(
 def _encoder_sizes(cfg: Mapping[str, Any]) -> dict:
     cfg = dict(cfg)
     if cfg.get("variant"):
-        from locca.models import vit
-
         cfg = {**vit.decode_variant(cfg["variant"]), **cfg}
     return cfg
 
 
 def build_encoder(vit_config: Mapping[str, Any]):
-    from locca.models import vit
-
     cfg = dict(vit_config)
     cfg["num_classes"] = None
     return vit.Model(**cfg)
@@ -154,8 +154,6 @@ def encoder_params(spec: common.EncoderSpec, seed: int = 0) -> dict:
 
     init = nn.unbox(init)
     if spec.checkpoint:
-        from checkpoints import bv_npz
-
         init = bv_npz.load_vit_params(init, spec.checkpoint, dict(spec.vit_config))
     else:
         log.warning("REC protocol: encoder %s has no checkpoint (random encoder)", spec.name)
@@ -199,8 +197,6 @@ def make_loss_fn(spec: common.EncoderSpec, decoder: decoder_lib.Decoder):
 
 def make_predict_fn(spec: common.EncoderSpec, decoder: decoder_lib.Decoder, max_len: int):
     """jit ``(params, frozen, image, prefix [B, P]) -> tokens [B, max_len]`` (greedy)."""
-    from locca import decoding
-
     encode = make_encode_fn(spec)
 
     @jax.jit
@@ -338,9 +334,6 @@ def rec_protocol(
       "step": int, "predictions": {entry: path}, "frozen": frozen tree,
       "params": trained decoder tree}``.
     """
-    from locca.training import optimizers
-    from locca.training.trainer import train as trainer_train
-
     common.set_data_dir(data_dir)
     lengths = dict(task_feature_lengths)
     max_len = int(lengths["inputs"]) + int(lengths["targets"])

@@ -29,6 +29,8 @@ from typing import Any
 
 from locca.io_utils import atomic_write_json
 from locca.models import pali
+from locca.training import optimizers
+from locca.training.trainer import train as trainer_train
 from transfer import common
 from transfer import eval as eval_lib
 
@@ -89,9 +91,6 @@ def train(
         compute_dtype, mesh_shape, progress, tensorboard: the trainer's.
       data_dir: root of the official datasets (``DATA_DIR``).
     """
-    from locca.training import optimizers
-    from locca.training.trainer import train as trainer_train
-
     common.set_data_dir(data_dir)
     common.write_gin_config(model_dir)
     bundle = model
