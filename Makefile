@@ -27,7 +27,7 @@ reproduce: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -n 2 --dist loadgroup -q tests
+	$(PY) -m pytest -n 2 --dist loadgroup -q --durations=25 tests
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
