@@ -40,7 +40,7 @@ def _env(**extra):
 
 
 def _parse_pretrain(bindings):
-    from locca import pretrain
+    from transfer import pretrain
 
     pretrain.parse_gin(["pretrain/cap_tiny.gin"], ["MODEL_DIR = '/nonexistent'", *bindings])
 
@@ -62,8 +62,8 @@ GIN_CASES = {
     "unknown_macro_transfer": (_parse_transfer, ["EVAL_SPLT=1"], ["EVAL_SPLT", "EVAL_SPLIT"]),
     "unknown_parameter": (
         _parse_pretrain,
-        ["locca.pretrain.train_stepz = 3"],
-        ["locca.pretrain", "train_stepz"],
+        ["transfer.pretrain.train_stepz = 3"],
+        ["transfer.pretrain", "train_stepz"],
     ),
     "unknown_configurable": (_parse_transfer, ["transfer.trainz.x = 3"], ["transfer.trainz"]),
     "bad_flag_value": (_parse_pretrain, ["TRAIN_STEPS = 3 4"], ["TRAIN_STEPS = 3 4"]),
@@ -113,7 +113,7 @@ def test_accelerator_probe_quiet_only_without_a_gpu_driver():
 
 
 def test_gin_file_not_found_names_it(clean_gin):
-    from locca import pretrain
+    from transfer import pretrain
 
     with pytest.raises(FileNotFoundError, match=r"gin file 'pretrain/nope\.gin' not found"):
         pretrain.parse_gin(["pretrain/nope.gin"])
@@ -490,6 +490,55 @@ def test_corrupted_latest_checkpoint_falls_back_with_warning(reference, tmp_path
     _assert_bitwise(_load(out), reference[1])
 
 
+def test_truncated_array_file_of_latest_checkpoint_falls_back(reference, tmp_path):
+    """OCDBT: the metadata of the newest step is intact but its array data file
+    is cut short: detected at restore, moved aside, the previous step resumed."""
+    model_dir, out = tmp_path / "model", tmp_path / "params.npz"
+    shutil.copytree(reference[0], model_dir)
+    steps = _steps(model_dir)
+    data = [
+        p
+        for p in (model_dir / "checkpoints" / str(steps[-1]) / "state").rglob("*")
+        if p.is_file() and p.parent.name == "d"  # ocdbt.process_*/d/<hash>: the array bytes
+    ]
+    assert data, "no OCDBT data file in the checkpoint"
+    big = max(data, key=lambda p: p.stat().st_size)
+    with open(big, "r+b") as f:
+        f.truncate(big.stat().st_size // 3)
+    p = _run_train(model_dir, out, *PAD)
+    assert f"start_step={steps[0]}" in p.stdout
+    assert "array data unreadable (a truncated or corrupted file" in p.stderr
+    assert "does not match" not in p.stderr  # damage, not a configuration error
+    assert list((model_dir / "checkpoints").glob(f"{steps[-1]}.corrupt-*"))
+    _assert_bitwise(_load(out), reference[1])
+
+
+def test_torn_metrics_line_is_cut_and_ignored(tmp_path):
+    """A crash in the middle of a metrics.jsonl append leaves a partial last line:
+    readers ignore it (counted), the next writer cuts it before appending."""
+    from locca.training.writers import JsonlWriter, read_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    w = JsonlWriter(str(path))
+    w.write_scalars(1, {"loss": 2.5})
+    w.write_scalars(2, {"loss": float("nan")})
+    w.close()
+    good = path.read_bytes()
+    path.write_bytes(good + b'{"step": 3, "lo')  # the torn tail of a killed append
+    records, torn = read_jsonl(str(path))
+    assert torn == 1 and [r["step"] for r in records] == [1, 2] and records[1]["loss"] == "nan"
+    w = JsonlWriter(str(path))  # the resumed run
+    assert w.dropped_bytes == len(b'{"step": 3, "lo')
+    w.write_scalars(3, {"loss": 1.0})
+    w.close()
+    assert path.read_bytes().startswith(good)  # nothing written before is lost
+    records, torn = read_jsonl(str(path))
+    assert torn == 0 and [r["step"] for r in records] == [1, 2, 3]
+    path.write_bytes(good.replace(b'"step": 2', b'"step" 2'))  # damage inside: an error
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not a JSON object"):
+        read_jsonl(str(path))
+
+
 def test_no_readable_checkpoint_is_a_clear_error(reference, tmp_path):
     model_dir, out = tmp_path / "model", tmp_path / "params.npz"
     shutil.copytree(reference[0], model_dir)
@@ -639,7 +688,7 @@ def test_cli_bad_flag_value_and_unknown_macro(tmp_path):
     """One subprocess per entry point family: an error line, no traceback, exit 1."""
     model_dir = tmp_path / "never_created"
     p = _cli(
-        "locca.pretrain",
+        "transfer.pretrain",
         "--gin_file=pretrain/cap_tiny.gin",
         f"--gin.MODEL_DIR='{model_dir}'",
         "--gin.TRAIN_STEPZ=3",

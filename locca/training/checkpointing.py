@@ -153,16 +153,19 @@ class Checkpointer:
         ``abstract_state`` (a TrainState of ``jax.ShapeDtypeStruct`` with
         ``sharding``)."""
         try:
-            restored = self._manager.restore(
-                int(step),
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state.to_dict())),
-            )
+            return self._read(step, abstract_state)
         except Exception as e:  # orbax errors do not say which run or what was expected
             raise ValueError(
                 f"cannot restore {self.directory}/{step}: the checkpoint does not match the "
                 f"trainable params / optimiser of this run ("
                 f"{len(jax.tree.leaves(abstract_state.params))} trainable arrays): {e}"
             ) from e
+
+    def _read(self, step: int, abstract_state: TrainState) -> TrainState:
+        restored = self._manager.restore(
+            int(step),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state.to_dict())),
+        )
         return TrainState.from_dict(restored["state"])
 
     def _mismatch(self, step: int, abstract_state: TrainState) -> str | None:
@@ -231,10 +234,17 @@ class Checkpointer:
                     f"params / optimiser of this run ({mismatch}); resume with the "
                     "configuration that wrote it, or use another MODEL_DIR"
                 )
-            try:
-                state = self.restore(step, abstract_state)
+            try:  # the metadata matches this run, so a failure here is damaged array data
+                state = self._read(step, abstract_state)
             except Exception as e:
-                failures.append((step, f"{type(e).__name__}: {str(e)[:300]}"))
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                failures.append(
+                    (
+                        step,
+                        "array data unreadable (a truncated or corrupted file under "
+                        f"{path}/state): {type(e).__name__}: {first[:300]}",
+                    )
+                )
                 log.warning("checkpoint %s is unreadable (%s)", path, failures[-1][1])
                 continue
             if failures:
