@@ -17,12 +17,12 @@ $(STAMP): setup.py pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m locca.demo --out demo_out
+	$(PY) -m transfer.demo --out demo_out
 
 # LocCa vs Cap/CapPa on the shapes world at a larger budget (gin/demo/reproduce.gin);
 # resumable: `make reproduce RESUME=--resume` keeps finished stages and cells.
 reproduce: $(STAMP)
-	$(PY) -m locca.demo --out reproduce_out --gin_file=demo/reproduce.gin $(RESUME)
+	$(PY) -m transfer.demo --out reproduce_out --gin_file=demo/reproduce.gin $(RESUME)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

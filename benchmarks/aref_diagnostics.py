@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 
-from locca import pretrain
+from transfer import pretrain
 
 GIN_FILE = "pretrain/locca_tiny.gin"
 
@@ -60,13 +60,13 @@ def overfit(args) -> dict:
         f"BATCH_SIZE = {args.batch}",
         f"tasks.make_shapes_pretrain_task.name = {name!r}",
         f"tasks.make_shapes_pretrain_task.num_train = {args.images}",
-        "locca.pretrain.evaluator_kwargs = "
+        "transfer.pretrain.evaluator_kwargs = "
         f"{{'split': 'train', 'num_examples': {args.images}, 'batch_size': {args.images}, "
         "'num_render': 8, 'box_encoding': %BOX_ENCODING, 'num_bins': %NUM_BINS}",
-        f"locca.pretrain.eval_every = {args.steps}",
-        "locca.pretrain.log_every = 100",
-        "locca.pretrain.progress = False",
-        "locca.pretrain.tensorboard = False",
+        f"transfer.pretrain.eval_every = {args.steps}",
+        "transfer.pretrain.log_every = 100",
+        "transfer.pretrain.progress = False",
+        "transfer.pretrain.tensorboard = False",
         *args.gin_bindings,
     ]
     t0 = time.time()
@@ -89,14 +89,14 @@ def curve(args) -> dict:
     bindings = [
         f"TRAIN_STEPS = {args.steps}",
         f"BATCH_SIZE = {args.batch}",
-        f"locca.pretrain.eval_every = {every}",
+        f"transfer.pretrain.eval_every = {every}",
         f"tasks.make_shapes_pretrain_task.num_validation = {args.eval}",
-        "locca.pretrain.evaluator_kwargs = "
+        "transfer.pretrain.evaluator_kwargs = "
         f"{{'num_examples': {args.eval}, 'batch_size': 250, 'num_render': 8, "
         "'box_encoding': %BOX_ENCODING, 'num_bins': %NUM_BINS}",
-        "locca.pretrain.log_every = 100",
-        "locca.pretrain.progress = False",
-        "locca.pretrain.tensorboard = False",
+        "transfer.pretrain.log_every = 100",
+        "transfer.pretrain.progress = False",
+        "transfer.pretrain.tensorboard = False",
         *args.gin_bindings,
     ]
     t0 = time.time()

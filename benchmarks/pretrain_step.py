@@ -12,7 +12,7 @@ images/s, and the ratio
 LocCa step / Cap step. ``--json`` also writes the numbers to a file.
 
 ``--pipeline N`` also times the real input pipeline alone (the toy recipe's
-shapes pretraining task through ``locca.pretrain.make_batches``: scene
+shapes pretraining task through ``transfer.pretrain.make_batches``: scene
 generation, JPEG-free preprocessing, tokenisation, feature conversion,
 prefetch) over N batches after a warm-up epoch, and prints its examples/s
 against the LocCa step's consumption (img/s): the pipeline keeps up when the
@@ -92,8 +92,8 @@ def time_steps(steppers: dict, steps: int) -> dict[str, float]:
 
 def time_pipeline(batch: int, num_batches: int) -> float:
     """Examples/s of the shapes pretraining input pipeline alone (one process)."""
-    from locca import pretrain
     from tasks import pretrain_tasks
+    from transfer import pretrain
 
     task = pretrain_tasks.make_shapes_pretrain_task(
         "shapes_pretrain_bench", num_train=2000, box_encoding="loc", num_bins=32

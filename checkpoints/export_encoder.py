@@ -24,7 +24,7 @@ import numpy as np
 
 from checkpoints import bv_npz
 
-MODEL_CONFIG_FILE = "model_config.json"  # written by locca.pretrain
+MODEL_CONFIG_FILE = "model_config.json"  # written by transfer.pretrain
 
 
 def _steps(ckpt_dir: str) -> list[int]:
@@ -72,7 +72,7 @@ def read_model_config(model_dir: str) -> dict:
     path = os.path.join(model_dir, MODEL_CONFIG_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"{path}: missing (written by locca.pretrain at the start of a run)"
+            f"{path}: missing (written by transfer.pretrain at the start of a run)"
         )
     with open(path) as f:
         cfg = json.load(f)
@@ -107,7 +107,7 @@ def export_encoder(model_dir: str, out: str, step: int | None = None) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model_dir", required=True, help="a locca.pretrain model_dir")
+    ap.add_argument("--model_dir", required=True, help="a transfer.pretrain model_dir")
     ap.add_argument("--out", required=True, help="output .npz (a .json sidecar is written beside)")
     ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     args = ap.parse_args(argv)

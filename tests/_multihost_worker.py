@@ -7,7 +7,7 @@ With P > 1 it joins a ``jax.distributed`` CPU cluster on localhost:PORT (one
 device per process, gloo collectives). It then runs, through the real entry
 functions, (a) a tiny PaLI transfer fine-tune (``transfer.train.train``) on a
 shapes captioning task and (b) a tiny LocCa pretraining run
-(``locca.pretrain.pretrain``). The batch pipelines are wrapped to record a
+(``transfer.pretrain.pretrain``). The batch pipelines are wrapped to record a
 hash of every example row this process reads. Writes
 ``OUT_DIR/{transfer,pretrain}/rows_{I}.json`` (per step, the row hashes) and,
 on process 0, ``OUT_DIR/{transfer,pretrain}/params.npz`` (final parameters);
@@ -109,11 +109,10 @@ def main():
         )
     assert jax.process_count() == args.num_processes and jax.local_device_count() == 1
 
-    from locca import pretrain
     from locca.models import t5 as t5_lib
     from locca.training import optimizers
     from locca.vocab import default_vocabulary
-    from transfer import common
+    from transfer import common, pretrain
     from transfer import train as transfer_train
 
     extra = {} if args.num_shards is None else {"num_shards": args.num_shards}

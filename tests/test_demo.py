@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from locca import demo
+from transfer import demo
 
 TINY_TASKS = """
 transfer.run_experiment.tasks = ["shapes_vqa", "shapes_refexp_b32",

@@ -9,9 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from locca import pretrain, pretrain_eval
+from locca import pretrain_eval
 from locca.boxes import BoxCodec, iou
 from locca.models import locca
+from transfer import pretrain
 
 LENGTHS = {"cap": 40, "aref": 28, "gcap": 28}
 
@@ -168,24 +169,24 @@ def test_evaluator_scores_an_oracle(evaluator_and_params, monkeypatch):
 
 def _run_entry_point(model_dir, *extra):
     cmd = [
-        sys.executable, "-m", "locca.pretrain",
+        sys.executable, "-m", "transfer.pretrain",
         "--gin_file=gin/pretrain/locca_tiny.gin",
         f"--gin.MODEL_DIR='{model_dir}'",
         "--gin.tasks.make_shapes_pretrain_task.name='shapes_pretrain_test_e2e'",
         "--gin.tasks.make_shapes_pretrain_task.resolution=32",
         "--gin.tasks.make_shapes_pretrain_task.num_train=64",
         "--gin.tasks.make_shapes_pretrain_task.num_validation=8",
-        "--gin.locca.pretrain.image_size=32",
+        "--gin.transfer.pretrain.image_size=32",
         "--gin.BATCH_SIZE=8",
-        '--gin.locca.pretrain.encoder_config={"width": 32, "depth": 2, "mlp_dim": 64, '
+        '--gin.transfer.pretrain.encoder_config={"width": 32, "depth": 2, "mlp_dim": 64, '
         '"num_heads": 2, "patch_size": 8}',
-        '--gin.locca.pretrain.evaluator_kwargs={"num_examples": 8, "batch_size": 8, '
+        '--gin.transfer.pretrain.evaluator_kwargs={"num_examples": 8, "batch_size": 8, '
         '"num_mean_box_examples": 16, "num_render": 2}',
-        "--gin.locca.make_optimizer.warmup_steps=2",
-        "--gin.locca.make_optimizer.lr=3e-3",
-        "--gin.locca.pretrain.log_every=1",
-        "--gin.locca.pretrain.progress=False",
-        "--gin.locca.pretrain.tensorboard=False",
+        "--gin.transfer.make_optimizer.warmup_steps=2",
+        "--gin.transfer.make_optimizer.lr=3e-3",
+        "--gin.transfer.pretrain.log_every=1",
+        "--gin.transfer.pretrain.progress=False",
+        "--gin.transfer.pretrain.tensorboard=False",
         *extra,
     ]  # fmt: skip
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
@@ -198,7 +199,7 @@ def _run_entry_point(model_dir, *extra):
 def test_entry_point_runs_and_loss_falls_on_fixed_batch(tmp_path):
     model_dir = tmp_path / "run"
     metrics = _run_entry_point(
-        model_dir, "--gin.TRAIN_STEPS=30", "--gin.locca.pretrain.fixed_batch=True"
+        model_dir, "--gin.TRAIN_STEPS=30", "--gin.transfer.pretrain.fixed_batch=True"
     )
     assert sorted(os.listdir(model_dir / "checkpoints")) == ["30"]
     for name in ("config.gin", "model_config.json"):
@@ -268,18 +269,18 @@ def test_gin_configs_build(name, enc_params, dec_layers, tasks, p):
         def q(name):
             return _resolve(gin.query_parameter(name))
 
-        enc = q("locca.pretrain.encoder_config")
-        assert tuple(q("locca.pretrain.tasks")) == tasks
-        assert q("locca.pretrain.parallel_prob") == p
-        vocab = q("locca.pretrain.vocab_size") or 2028
-        size = q("locca.pretrain.image_size")
-        lengths = q("locca.pretrain.task_feature_lengths")
+        enc = q("transfer.pretrain.encoder_config")
+        assert tuple(q("transfer.pretrain.tasks")) == tasks
+        assert q("transfer.pretrain.parallel_prob") == p
+        vocab = q("transfer.pretrain.vocab_size") or 2028
+        size = q("transfer.pretrain.image_size")
+        lengths = q("transfer.pretrain.task_feature_lengths")
         if "tiny" not in name:
             assert (size, vocab, q("%BATCH_SIZE")) == (224, 32000, 8192)
             assert max(lengths.values()) == 64
-            assert q("locca.make_optimizer.name") == "adafactor"
-            assert q("locca.make_optimizer.warmup_steps") == 10000
-            assert q("locca.make_optimizer.beta2_cap") == 0.999
+            assert q("transfer.make_optimizer.name") == "adafactor"
+            assert q("transfer.make_optimizer.warmup_steps") == 10000
+            assert q("transfer.make_optimizer.beta2_cap") == 0.999
     finally:
         gin.clear_config()
     enc = dict(enc)

@@ -5,9 +5,9 @@ import json
 import numpy as np
 from PIL import Image
 
-from locca import demo
 from locca.data.contact_sheet import make_contact_sheet, write_contact_sheet
 from locca.data.shapes import ShapesWorld
+from transfer import demo
 
 
 def test_contact_sheet_draws_boxes(tmp_path):

@@ -1,14 +1,19 @@
 r"""LocCa / Cap / CapPa pretraining entry point.
 
-    python -m locca.pretrain --gin_file=gin/pretrain/locca_tiny.gin \
+    python -m transfer.pretrain --gin_file=gin/pretrain/locca_tiny.gin \
         --gin.MODEL_DIR="'/tmp/locca_tiny'" [--gin.TRAIN_STEPS=2000]
 
 t5x flag conventions: ``--gin_file`` (repeatable), ``--gin.NAME=VALUE``
 (a gin binding; also ``--gin_bindings``), ``--gin_search_paths`` (the
 repository's ``gin/`` folder and the working directory are always searched).
-Gin lives only here: the library functions are registered with
-``gin.external_configurable`` below and the gin files bind their keyword
-arguments; ``pretrain`` (this module's main function) is the root.
+Gin lives only in this module's ``register_configurables`` / ``main``: the
+library functions are registered with ``gin.external_configurable`` (gin names
+``transfer.pretrain``, and the shared ``transfer.make_optimizer`` /
+``transfer.make_schedule``) and the gin files bind their keyword arguments;
+``pretrain`` (the job function, plain keyword arguments) is the root.
+
+Floor: a job of the top floor beside the transfer jobs (it reads seqio tasks
+from ``tasks/``); the library (``locca/``) never imports it.
 
 What a run does: builds the model (:mod:`locca.models.locca`), the data
 (a seqio pretraining task through
@@ -30,12 +35,19 @@ import pathlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from absl import app, flags
 
-from locca import pretrain_eval
+from locca import cli, pretrain_eval
+from locca.data import pipeline
 from locca.gin_flags import check_gin_config, rewrite_gin_args
+from locca.io_utils import atomic_write_text
+from locca.models import locca as locca_lib
+from locca.training import optimizers, trainer
+from transfer import common
 
-log = logging.getLogger("locca.pretrain")
+log = logging.getLogger("transfer.pretrain")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_GIN_SEARCH_PATHS = (str(REPO_ROOT / "gin"), str(REPO_ROOT), ".")
@@ -66,8 +78,6 @@ def maybe_initialize_distributed(environ: Mapping[str, str] | None = None) -> bo
             pass
     multi = multi or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
     if multi:
-        import jax
-
         jax.distributed.initialize()
     return multi
 
@@ -79,7 +89,7 @@ def maybe_initialize_distributed(environ: Mapping[str, str] | None = None) -> bo
 def _get_task(task: Any):
     import seqio
 
-    import tasks  # noqa: F401  (registers every task)
+    import tasks  # noqa: F401  (registers every task; TensorFlow loads after the CLI is quiet)
 
     if isinstance(task, str):
         return seqio.get_mixture_or_task(task)
@@ -108,7 +118,7 @@ def make_dataset(
     """
     import seqio
 
-    from tasks.feature_converters import LocCaPretrainFeatureConverter
+    from tasks.feature_converters import LocCaPretrainFeatureConverter  # TensorFlow: see _get_task
 
     task = _get_task(task)
     lengths = {k: int(v) for k, v in task_feature_lengths.items()}
@@ -143,7 +153,6 @@ def make_batches(
     per process. ``batches(start_step)`` yields batch ``start_step`` first,
     bitwise the same whether or not the run was interrupted.
     """
-    from locca.data import pipeline
 
     def examples(shard_index: int, num_shards: int):
         return make_dataset(
@@ -223,11 +232,6 @@ def pretrain(
       fixed_batch: train on the first batch over and over (a sanity check:
         the loss must fall).
     """
-    import jax
-
-    from locca.models import locca as locca_lib
-    from locca.training import optimizers, trainer
-
     if tasks is None or not tuple(tasks):
         raise ValueError("tasks must name at least one of cap, aref, gcap")
     lengths = dict(task_feature_lengths)
@@ -384,19 +388,18 @@ _CONFIGURED = False
 
 
 def register_configurables() -> None:
-    """Registers the pretraining functions and library pieces with gin (idempotent)."""
+    """gin (idempotent): the shared transfer pieces (``common.register_configurables``:
+    ``transfer.make_optimizer``, ``transfer.make_schedule``...), ``transfer.pretrain``
+    and ``tasks.make_shapes_pretrain_task``."""
     global _CONFIGURED
     if _CONFIGURED:
         return
-    import gin
-    from locca.training import optimizers, schedules
-    from tasks import pretrain_tasks
+    from tasks import pretrain_tasks  # TensorFlow: see _get_task
 
-    gin.external_configurable(pretrain, "pretrain", module="locca")
-    gin.external_configurable(optimizers.make_optimizer, "make_optimizer", module="locca")
-    gin.external_configurable(schedules.make_schedule, "make_schedule", module="locca")
-    gin.external_configurable(
-        pretrain_tasks.make_shapes_pretrain_task, "make_shapes_pretrain_task", module="tasks"
+    common.register_configurables()
+    common.register_configurable(pretrain, "pretrain", "transfer")
+    common.register_configurable(
+        pretrain_tasks.make_shapes_pretrain_task, "make_shapes_pretrain_task", "tasks"
     )
     _CONFIGURED = True
 
@@ -425,7 +428,7 @@ def run_from_gin() -> Any:
     """Calls the gin-bound ``pretrain`` (which saves the config into model_dir)."""
     import gin
 
-    return gin.get_configurable("locca.pretrain")()
+    return gin.get_configurable("transfer.pretrain")()
 
 
 def _write_gin_config(model_dir: str) -> None:
@@ -437,17 +440,11 @@ def _write_gin_config(model_dir: str) -> None:
         return
     text = gin.config_str()
     if text.strip():
-        from locca.io_utils import atomic_write_text
-
         atomic_write_text(os.path.join(model_dir, "config.gin"), text)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     import sys
-
-    from absl import app, flags
-
-    from locca import cli
 
     flags.DEFINE_multi_string("gin_file", [], "Gin config files (repeatable).")
     flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings; also --gin.NAME=VALUE.")

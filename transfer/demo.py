@@ -1,12 +1,12 @@
 """locca demo: the whole LocCa-vs-Cap/CapPa story on the embedded shapes world.
 
-    python -m locca.demo --out demo_out [--gin_file=demo/tiny.gin] [--gin.NAME=VALUE]
+    python -m transfer.demo --out demo_out [--gin_file=demo/tiny.gin] [--gin.NAME=VALUE]
     make demo
 
 Stages (a banner and wall time each; tqdm bars from the trainer):
   1. ``sheet``     the shapes world: ``contact_sheet.png`` and ``summary.json``.
   2. ``pretrain``  Cap, CapPa and LocCa tiny encoders, the same budget
-                   (``locca.pretrain`` with gin/demo/pretrain_{cap,cappa,locca}.gin),
+                   (``transfer.pretrain`` with gin/demo/pretrain_{cap,cappa,locca}.gin),
                    each exported to a big_vision npz (``checkpoints.export_encoder``).
   3. ``transfer``  the experiment runner (``transfer.experiment``,
                    gin/demo/transfer.gin): per encoder one multi-task PaLI
@@ -36,8 +36,15 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+import gin
+from checkpoints import export_encoder
+from locca import cli, stats
+from locca.boxes import iou
 from locca.data.contact_sheet import write_contact_sheet
 from locca.data.shapes import ShapesWorld
+from locca.gin_flags import rewrite_gin_args
+from transfer import common, experiment, pretrain
+from transfer import report as report_lib
 
 STAGES = ("sheet", "pretrain", "transfer", "report")
 ENCODERS = ("cap", "cappa", "locca")  # row names; gin/demo/encoders/{name}.gin
@@ -136,9 +143,6 @@ def stage_sheet(out: str, num_images: int, seed: int, resolution: int, sheet_ima
 
 def read_budget(gin_files: Sequence[str], bindings: Sequence[str]) -> dict:
     """The demo macros from gin/demo/demo.gin + overrides (gin is cleared after)."""
-    import gin
-    from transfer import experiment
-
     experiment._configure([DEMO_GIN, *gin_files], bindings, ())
     names = (
         "SEED",
@@ -174,10 +178,6 @@ def _seed_everything(seed: int) -> None:
 
 def stage_pretrain(work: str, budget: Mapping, encoders: Sequence[str] = ENCODERS) -> dict:
     """Pretrains each encoder with the same budget and exports it; -> npz paths."""
-    import gin
-    from checkpoints import export_encoder
-    from locca import pretrain
-
     steps, bs, seed = budget["pretrain_steps"], budget["pretrain_batch_size"], budget["seed"]
     zero_shot = bool(budget.get("zero_shot_aref"))
     out, times = {}, {}
@@ -196,12 +196,12 @@ def stage_pretrain(work: str, budget: Mapping, encoders: Sequence[str] = ENCODER
                     f"MODEL_DIR = {model_dir!r}",
                     f"TRAIN_STEPS = {steps}",
                     f"BATCH_SIZE = {bs}",
-                    f"locca.make_optimizer.warmup_steps = {_warmup(steps)}",
-                    f"locca.pretrain.seed = {seed}",
-                    f"locca.pretrain.data_seed = {seed}",
+                    f"transfer.make_optimizer.warmup_steps = {_warmup(steps)}",
+                    f"transfer.pretrain.seed = {seed}",
+                    f"transfer.pretrain.data_seed = {seed}",
                     # Zero-shot ARef once, at the end (LocCa only: Cap/CapPa never saw it).
-                    f"locca.pretrain.evaluate = {zero_shot and name == 'locca'}",
-                    f"locca.pretrain.eval_every = {steps}",
+                    f"transfer.pretrain.evaluate = {zero_shot and name == 'locca'}",
+                    f"transfer.pretrain.eval_every = {steps}",
                 ],
             )
         pretrain.run_from_gin()
@@ -224,7 +224,7 @@ def register_demo_tasks(task_entries: Sequence[str]) -> None:
     so that box tokens are learnable within the demo's few hundred steps."""
     import re
 
-    from tasks import shapes_tasks
+    from tasks import shapes_tasks  # TensorFlow: loads after _configure_runtime quiets it
 
     for t in task_entries:
         name = t.split(":", 1)[-1]
@@ -242,9 +242,6 @@ def stage_transfer(
 ) -> dict:
     """The experiment runner over gin/demo/transfer.gin (+ the demo's override
     files/bindings, which may also rebind ``transfer.run_experiment.*``)."""
-    import gin
-    from transfer import common, experiment
-
     exp_dir = os.path.join(work, "transfer")
     experiment._configure([TRANSFER_GIN, *gin_files], [f"MODEL_DIR = {exp_dir!r}", *bindings], ())
     kwargs = {
@@ -287,7 +284,6 @@ def stage_transfer(
 
     _seed_everything(seed)
     result = gin.get_configurable("transfer.run_experiment")(**kwargs, on_cell=progress)
-    del common
     return result
 
 
@@ -312,8 +308,6 @@ def _cells(exp_dir: str) -> dict[tuple[str, str], dict]:
 
 def _eval_examples(task: str, split: str, indices: Sequence[int]) -> dict[int, dict]:
     """The task's evaluation examples (same order as transfer.eval) by index."""
-    from transfer import common
-
     ds = common.get_task(task).get_dataset(
         sequence_length={"inputs": 64, "targets": 64},
         split=split,
@@ -338,8 +332,6 @@ def trivial_baselines(cells: Mapping, columns: Sequence[Mapping]) -> tuple[dict,
     Returns ``({column key: value}, {task: description})``.
     """
     import numpy as np
-
-    from transfer import common
 
     values, what = {}, {}
     for c in columns:
@@ -381,7 +373,6 @@ def _most_frequent_target(task: str, n: int = 1000) -> tuple[str, str]:
     """The most frequent target text among the first n training examples."""
     if task in _MOST_FREQUENT:
         return _MOST_FREQUENT[task]
-    from transfer import common
 
     ds = common.get_task(task).get_dataset(
         sequence_length={"inputs": 64, "targets": 64},
@@ -410,8 +401,6 @@ def _loss_series(model_dir: str, key: str = "loss") -> tuple[list, list]:
 
 
 def write_training_curves(path: str, work: str, cells: Mapping, encoders: Sequence[str]) -> str:
-    from transfer import report as report_lib
-
     pre = {DISPLAY.get(e, e): _loss_series(os.path.join(work, "pretrain", e)) for e in encoders}
     pre_cap = {
         DISPLAY.get(e, e): _loss_series(os.path.join(work, "pretrain", e), "loss_cap")
@@ -442,8 +431,6 @@ def write_training_curves(path: str, work: str, cells: Mapping, encoders: Sequen
 def write_predictions(path: str, cells: Mapping, encoders: Sequence[str]) -> str:
     """A grid of held-out examples: REC boxes (frozen protocol and transfer),
     captions, VQA, counting and text-reading answers per encoder."""
-    from transfer import report as report_lib
-
     tasks = list(dict.fromkeys(t for (_, t) in cells))
     rec = next((t for t in tasks if t.startswith("rec_protocol:")), "")
     ref = next((t for t in tasks if "refexp" in t and not t.startswith("rec_protocol:")), "")
@@ -514,7 +501,6 @@ def _box_text(box, gt, raw: str) -> str:
     """The panel line of a box prediction: its IoU, or the raw text when it is no box."""
     if box is None:
         return f"no box: {raw!r}"
-    from locca.boxes import iou
 
     return f"IoU {float(iou(box, gt)):.2f}"
 
@@ -654,8 +640,6 @@ def zero_shot_aref_lines(work: str, encoder: str = "locca") -> list[str]:
 
 def rec_interval_lines(table: Mapping, n: int) -> list[str]:
     """'REC frozen ...: Cap 12.0 [10.1, 14.2], ...' per frozen-REC column (Wilson, n each)."""
-    from locca import stats
-
     out = []
     for c in table["columns"]:
         if not (c["task"].startswith("rec_protocol:") and c["metric"].endswith("acc@0.5")):
@@ -684,8 +668,6 @@ def _md_table(columns: Sequence[str], rows: Mapping[str, Sequence]) -> str:
 
 
 def stage_report(out: str, work: str, budget: Mapping, stages: Mapping, encoders=ENCODERS) -> dict:
-    from transfer import report as report_lib
-
     exp_dir = os.path.join(work, "transfer")
     table = json.loads(pathlib.Path(exp_dir, "table.json").read_text())
     cells = _cells(exp_dir)
@@ -708,7 +690,7 @@ def stage_report(out: str, work: str, budget: Mapping, stages: Mapping, encoders
     lines = [
         "# locca demo report (shapes world, tiny models)",
         "",
-        f"Generated by `python -m locca.demo` in {stages['total_seconds']:.0f} s wall "
+        f"Generated by `python -m transfer.demo` in {stages['total_seconds']:.0f} s wall "
         f"(seed {budget['seed']}).",
         "",
         "## Results (this run)",
@@ -764,7 +746,7 @@ def stage_report(out: str, work: str, budget: Mapping, stages: Mapping, encoders
         "",
         "## What ran",
         "",
-        f"- Pretraining (`locca.pretrain`, gin/demo/pretrain_{{cap,cappa,locca}}.gin over "
+        f"- Pretraining (`transfer.pretrain`, gin/demo/pretrain_{{cap,cappa,locca}}.gin over "
         f"gin/pretrain/*_tiny.gin): {budget['pretrain_steps']} steps x batch "
         f"{budget['pretrain_batch_size']} each; Cap = caption only, CapPa = caption with "
         "parallel prediction (p = 0.75), LocCa = Cap + ARef + GCap (parallel p = 0.5 on Cap). "
@@ -836,7 +818,7 @@ def _configure_runtime(out: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m locca.demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m transfer.demo", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="demo_out")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {STAGES}")
     p.add_argument("--gin_file", action="append", default=[], help="demo budget overrides")
@@ -846,7 +828,6 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="shapes world seed of the contact sheet")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--sheet_images", type=int, default=12)
-    from transfer.common import rewrite_gin_args
 
     args = p.parse_args(rewrite_gin_args(list(sys.argv[1:] if argv is None else argv)))
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -897,6 +878,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from locca import cli
-
     raise SystemExit(cli.run(main))
