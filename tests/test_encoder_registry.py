@@ -4,7 +4,7 @@ For each file the test makes a checkpoint in the format that file expects, then
 fine-tunes a micro PaLI on ``shapes_vqa`` through the gin entry point, parsed as
 ``python -m transfer.train --gin_file=gin/runs/finetune.gin --gin_file=<encoder file>
 --gin_file=gin/tasks/shapes_vqa.gin --gin.NAME=VALUE ...`` parses its flags (in-process:
-``rewrite_gin_args`` -> ``common.parse_gin`` -> the ``transfer.train`` configurable; gin is
+``rewrite_gin_args`` -> ``gin_flags.parse_gin`` -> the ``transfer.train`` configurable; gin is
 cleared between files). 3 steps of batch 4, one evaluation at the end on 4 validation
 examples. Checked: finite losses, the final eval line, model_info.json, the encoder
 frozen and bitwise equal to the checkpoint's arrays as the training loop hands them
@@ -44,9 +44,8 @@ import pytest
 
 import gin
 from checkpoints import bv_npz, export_encoder, hf_clip, hf_siglip
-from locca.gin_flags import rewrite_gin_args
 from locca.models import vit
-from transfer import common
+from transfer import gin_flags
 from transfer import train as train_lib
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_gin")]
@@ -117,13 +116,13 @@ RUN_FLAGS = [
 
 
 def _parse_like_cli(argv):
-    """transfer.train's flag handling: --gin.X=Y rewritten, then common.parse_gin."""
+    """transfer.train's flag handling: --gin.X=Y rewritten, then gin_flags.parse_gin."""
     files, bindings = [], []
-    for arg in rewrite_gin_args(argv):
+    for arg in gin_flags.rewrite_gin_args(argv):
         name, value = arg.split("=", 1)
         {"--gin_file": files, "--gin_bindings": bindings}[name].append(value)
     train_lib.register_configurables()
-    common.parse_gin(files, bindings)
+    gin_flags.parse_gin(files, bindings)
 
 
 def _file_spec(path):

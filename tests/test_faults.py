@@ -46,11 +46,11 @@ def _parse_pretrain(bindings):
 
 
 def _parse_transfer(bindings):
-    from transfer import common
     from transfer import eval as eval_lib
+    from transfer import gin_flags
 
     eval_lib.register_configurables()
-    common.parse_gin(
+    gin_flags.parse_gin(
         ["runs/eval.gin", "models/t5_tiny.gin", "encoders/locca_tiny.gin", "tasks/shapes_vqa.gin"],
         ["CHECKPOINT_PATH = '/nonexistent'", *bindings],
     )

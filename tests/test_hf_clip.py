@@ -202,11 +202,11 @@ def test_export_npz_loads_for_transfer(tiny, tmp_path):
 
 
 def test_clip_gin_binds_mean_std(repo_root):
-    from transfer import common
+    from transfer import gin_flags
     from transfer import train as train_lib
 
     train_lib.register_configurables()
-    common.parse_gin(
+    gin_flags.parse_gin(
         ["runs/finetune.gin", str(repo_root / "gin/encoders/clip_l14_224.gin")],
         ["MODEL_DIR = '/tmp/unused'", "MIXTURE_OR_TASK_NAME = 'shapes_vqa'"],
     )

@@ -152,7 +152,7 @@ def test_hf_gin_matches_converter_for_siglip_base(repo_root):
     "google/siglip-base-patch16-224" (its config.json keeps SiglipVisionConfig's defaults:
     768 wide, 12 deep, MLP 3072, 12 heads, patch 16, 224 px, gelu_pytorch_tanh, eps 1e-6)."""
     import gin
-    from transfer import common
+    from transfer import gin_flags
     from transfer import train as train_lib
 
     hf_config = {"model_type": "siglip", "vision_config": {"model_type": "siglip_vision_model"}}
@@ -161,7 +161,7 @@ def test_hf_gin_matches_converter_for_siglip_base(repo_root):
     train_lib.register_configurables()
     gin.clear_config()
     try:
-        common.parse_gin(
+        gin_flags.parse_gin(
             ["runs/finetune.gin", str(repo_root / "gin/encoders/siglip_b16_224_hf.gin")],
             ["MODEL_DIR = '/tmp/unused'", "MIXTURE_OR_TASK_NAME = 'shapes_vqa'"],
         )

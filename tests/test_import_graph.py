@@ -6,14 +6,16 @@ or inside a function; `from X import Y` is an edge to X.Y when X.Y is a project 
 to X. Importing a submodule runs its parent packages' `__init__` too, but that implicit edge
 is not counted (a package may import its own submodules).
 
-Three rules:
+Four rules:
   (a) no import cycles between project modules;
-  (b) the library floor (locca/, no entry points live there) imports nothing from the upper
-      floors (transfer/, tasks/, checkpoints/, benchmarks/);
-  (c) no project-module imports inside functions.
-(a) has no exceptions. (b) and (c) carry allow-lists of today's exceptions; each entry must
-still occur in the code (an entry that no longer does fails the test: delete it), so the
-lists only shrink.
+  (b) imports go one way, down the floors (FLOORS): the library (locca/) imports nothing
+      from the floors above it; tasks/ and checkpoints/ (formats over the library) import
+      nothing from transfer/ (the jobs and their entry points) or benchmarks/;
+  (c) no project-module imports inside functions;
+  (d) gin only on the top floor (transfer/ and the benchmark scripts).
+(a), (b) and (d) have no exceptions. (c) carries an allow-list of today's exceptions; each
+entry must still occur in the code (an entry that no longer does fails the test: delete
+it), so the list only shrinks.
 """
 
 from __future__ import annotations
@@ -23,10 +25,8 @@ import pathlib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROJECT_DIRS = ("locca", "transfer", "tasks", "checkpoints", "benchmarks")
-UPPER_FLOORS = ("transfer", "tasks", "checkpoints", "benchmarks")
-
-# (b) Library -> upper-floor imports that exist today: file -> imported modules.
-UPWARD_ALLOWED: dict[str, set[str]] = {}
+# (b) Floor of each top-level package: a module may import only from its own floor or below.
+FLOORS = {"locca": 0, "tasks": 1, "checkpoints": 1, "transfer": 2, "benchmarks": 3}
 
 # (c) Project-module imports inside functions that exist today: (file, function, module).
 # `function` is the dotted path of the enclosing defs/classes, e.g. "Trainer.step.inner".
@@ -239,33 +239,25 @@ def test_no_import_cycles():
     )
 
 
-def upward_imports(imports) -> dict[str, set[str]]:
-    """Library file (locca/) -> upper-floor modules it imports."""
-    out: dict[str, set[str]] = {}
+def upward_imports(imports) -> list[str]:
+    """'file:line -> module' for each import of a module on a higher floor (FLOORS)."""
+    out = []
     for module, edges in imports.items():
-        rel = _rel(module)
-        if module.split(".")[0] != "locca":
-            continue
-        for _, target, _ in edges:
-            if target.split(".")[0] in UPPER_FLOORS:
-                out.setdefault(rel, set()).add(target)
-    return out
+        floor = FLOORS[module.split(".")[0]]
+        for _, target, line in edges:
+            if FLOORS[target.split(".")[0]] > floor:
+                out.append(f"{_rel(module)}:{line} -> {target}")
+    return sorted(out)
 
 
-def test_library_imports_nothing_from_upper_floors():
+def test_imports_go_one_way_down():
+    assert set(FLOORS) == set(PROJECT_DIRS)
     found = upward_imports(collect_imports())
-    new = sorted(
-        f"{f} -> {m}" for f, ms in found.items() for m in ms if m not in UPWARD_ALLOWED.get(f, ())
-    )
-    stale = sorted(
-        f"{f} -> {m}" for f, ms in UPWARD_ALLOWED.items() for m in ms if m not in found.get(f, ())
-    )
-    assert not new, (
-        "the library (locca/) imports from an upper floor "
-        f"({', '.join(UPPER_FLOORS)}); move the code down or the caller up:\n  " + "\n  ".join(new)
-    )
-    assert not stale, "UPWARD_ALLOWED entries that no longer occur; delete them:\n  " + "\n  ".join(
-        stale
+    assert not found, (
+        "imports from a higher floor (floors: "
+        + ", ".join(f"{k}/ {v}" for k, v in FLOORS.items())
+        + "); move the shared code down or the caller up:\n  "
+        + "\n  ".join(found)
     )
 
 
@@ -305,3 +297,34 @@ def test_guard_sees_cycles_and_local_imports():
     visitor = _ImportVisitor("p.a", False, {"p", "p.a", "p.b", "p.c", "p.d"})
     visitor.visit(ast.parse(src))
     assert visitor.imports == [("", "p.b", 1), ("f", "p.c", 3), ("K.g", "p.d", 6)]
+
+
+# The top floor: the jobs and their entry points (transfer/gin_flags.py is the one gin
+# setup) and the benchmark scripts, which are entry points too.
+GIN_FLOORS = ("transfer", "benchmarks")
+
+
+def gin_importers() -> list[str]:
+    """Project files below the top floor (GIN_FLOORS) that import gin: 'path:line'."""
+    out = []
+    for module, path in project_files().items():
+        if module.split(".")[0] in GIN_FLOORS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            if any(n.split(".")[0] in ("gin", "__gin__") for n in names):
+                out.append(f"{path.relative_to(REPO_ROOT).as_posix()}:{node.lineno}")
+    return sorted(out)
+
+
+def test_gin_only_on_the_top_floor():
+    """gin at the edges: only the jobs and entry points (transfer/, benchmarks/) import it."""
+    found = gin_importers()
+    assert not found, (
+        "gin imported below the top floor (bind keyword arguments from an entry point in "
+        "transfer/ instead; setup: transfer/gin_flags.py):\n  " + "\n  ".join(found)
+    )

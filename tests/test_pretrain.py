@@ -12,7 +12,7 @@ import pytest
 from locca import pretrain_eval
 from locca.boxes import BoxCodec, iou
 from locca.models import locca
-from transfer import pretrain
+from transfer import gin_flags, pretrain
 
 LENGTHS = {"cap": 40, "aref": 28, "gcap": 28}
 
@@ -27,10 +27,10 @@ def small_task():
 
 
 def test_rewrite_gin_args():
-    out = pretrain.rewrite_gin_args(["--gin_file=a.gin", "--gin.TRAIN_STEPS=5", "--gin.X='a=b'"])
+    out = gin_flags.rewrite_gin_args(["--gin_file=a.gin", "--gin.TRAIN_STEPS=5", "--gin.X='a=b'"])
     assert out == ["--gin_file=a.gin", "--gin_bindings=TRAIN_STEPS = 5", "--gin_bindings=X = 'a=b'"]
     with pytest.raises(ValueError, match="--gin.NAME=VALUE"):
-        pretrain.rewrite_gin_args(["--gin.FOO"])
+        gin_flags.rewrite_gin_args(["--gin.FOO"])
 
 
 def test_distributed_only_when_multihost(monkeypatch):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import gin
-from transfer import common
+from transfer import common, gin_flags
 from transfer import train as train_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -101,7 +101,7 @@ pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def test_rewrite_gin_args():
-    out = common.rewrite_gin_args(
+    out = gin_flags.rewrite_gin_args(
         ["prog", "--gin.MODEL_DIR='/x'", "--gin_file=a.gin", "--gin.T5Config.emb_dim=8"]
     )
     assert out == [
@@ -111,13 +111,13 @@ def test_rewrite_gin_args():
         "--gin_bindings=T5Config.emb_dim = 8",
     ]
     with pytest.raises(ValueError, match="NAME=VALUE"):
-        common.rewrite_gin_args(["--gin.MODEL_DIR"])
+        gin_flags.rewrite_gin_args(["--gin.MODEL_DIR"])
 
 
 @pytest.mark.parametrize("path", ENCODER_FILES, ids=lambda p: p.stem)
 def test_encoder_gin_files(path):
     train_lib.register_configurables()
-    common.parse_gin(
+    gin_flags.parse_gin(
         ["runs/finetune.gin", str(path)],
         ["MODEL_DIR = '/tmp/unused'", "MIXTURE_OR_TASK_NAME = 'shapes_vqa'"],
     )
@@ -279,7 +279,7 @@ def test_eval_every_checkpoint_and_exports(reference_run, tmp_path):
 
     eval_lib.register_configurables()
     bindings = [b.split("=", 1)[0][len("--gin.") :] + " = " + b.split("=", 1)[1] for b in MICRO]
-    common.parse_gin(
+    gin_flags.parse_gin(
         ["runs/eval.gin", "encoders/locca_tiny.gin"],
         bindings
         + [
@@ -344,7 +344,7 @@ def test_infer_single_image_and_boxes(tmp_path):
 
     infer.register_configurables()
     bindings = [b.split("=", 1)[0][len("--gin.") :] + " = " + b.split("=", 1)[1] for b in MICRO]
-    common.parse_gin(
+    gin_flags.parse_gin(
         ["runs/infer.gin", "encoders/locca_tiny.gin"],
         bindings
         + [f"INFER_OUTPUT_DIR = '{tmp_path / 'out'}'", "transfer.infer.max_decode_len = 5"],

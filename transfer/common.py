@@ -1,11 +1,9 @@
 """Shared plumbing of the transfer jobs (train / eval / infer).
 
-* t5x-style flags: ``--gin_file`` (repeatable), ``--gin.NAME=VALUE``
-  (rewritten to ``--gin_bindings``), ``--gin_search_paths`` (default: the
-  repository's ``gin/`` folder and the working directory). Gin files use
-  dynamic registration (``from __gin__ import dynamic_registration``) and
-  bind the keyword arguments of the plain functions below; the library under
-  ``locca/`` never sees gin.
+* gin: :func:`register_configurables` registers the shared pieces below
+  (flags, parsing and the rest of the gin setup: ``transfer/gin_flags.py``);
+  gin files bind the keyword arguments of these plain functions; the library
+  under ``locca/`` never sees gin.
 * Model construction: :func:`encoder` (an :class:`EncoderSpec`: ViT config,
   checkpoint, input resolution and normalisation, all from the encoder's gin
   file), :func:`language_model` (a ``T5Config`` and optional Hugging Face
@@ -26,74 +24,26 @@ import logging
 import os
 import pathlib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
 from checkpoints import bv_npz, hf_t5
-from locca import cli
 from locca.data import pipeline
-from locca.gin_flags import check_gin_config, rewrite_gin_args
 from locca.models import pali, vit
 from locca.models import t5 as t5_lib
 from locca.training import optimizers, schedules
+from transfer import gin_flags
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_GIN_SEARCH_PATHS = (str(REPO_ROOT / "gin"), str(REPO_ROOT), ".")
-
 
 # ---------------------------------------------------------------------------
-# Flags and gin.
-
-
-def define_gin_flags() -> None:
-    """Defines --gin_file, --gin_bindings, --gin_search_paths (idempotent)."""
-    from absl import flags
-
-    if "gin_file" in flags.FLAGS:
-        return
-    flags.DEFINE_multi_string("gin_file", [], "Gin config files (repeatable).")
-    flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings; also --gin.NAME=VALUE.")
-    flags.DEFINE_list(
-        "gin_search_paths",
-        [],
-        "Extra folders where gin files (and their includes) are searched, "
-        "before the repository's gin/ folder and the working directory.",
-    )
-
-
-def parse_gin(
-    gin_files: Sequence[str],
-    gin_bindings: Sequence[str] = (),
-    gin_search_paths: Sequence[str] = (),
-) -> None:
-    """Parses gin files and bindings (search paths first)."""
-    import gin
-
-    for path in [*gin_search_paths, *DEFAULT_GIN_SEARCH_PATHS]:
-        gin.add_config_file_search_path(path)
-    gin.parse_config_files_and_bindings(
-        list(gin_files), list(gin_bindings), finalize_config=False, skip_unknown=False
-    )
-    check_gin_config(gin_files, gin_search_paths)  # a typo'd --gin.NAME is an error
-
+# gin registration of the pieces the transfer jobs share (setup: transfer/gin_flags.py).
 
 _REGISTERED = False
-
-
-def register_configurable(fn, name: str, module: str) -> None:
-    """``gin.external_configurable`` that tolerates an earlier registration of ``name``."""
-    import gin
-
-    try:
-        gin.external_configurable(fn, name, module=module)
-    except ValueError as e:  # already registered (e.g. by another entry point)
-        if "already" not in str(e) and "exists" not in str(e):
-            raise
 
 
 def register_configurables() -> None:
@@ -110,12 +60,12 @@ def register_configurables() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    register_configurable(encoder, "encoder", "transfer")
-    register_configurable(language_model, "language_model", "transfer")
-    register_configurable(build_model, "build_model", "transfer")
-    register_configurable(optimizers.make_optimizer, "make_optimizer", "transfer")
-    register_configurable(schedules.make_schedule, "make_schedule", "transfer")
-    register_configurable(t5_lib.T5Config, "T5Config", "locca.models.t5")
+    gin_flags.register_configurable(encoder, "encoder", "transfer")
+    gin_flags.register_configurable(language_model, "language_model", "transfer")
+    gin_flags.register_configurable(build_model, "build_model", "transfer")
+    gin_flags.register_configurable(optimizers.make_optimizer, "make_optimizer", "transfer")
+    gin_flags.register_configurable(schedules.make_schedule, "make_schedule", "transfer")
+    gin_flags.register_configurable(t5_lib.T5Config, "T5Config", "locca.models.t5")
     _REGISTERED = True
 
 
@@ -125,41 +75,6 @@ def set_data_dir(data_dir: str | None) -> None:
         from tasks import registry
 
         os.environ[registry.DATA_DIR_ENV] = os.fspath(data_dir)
-
-
-def run(main, register_configurables: Callable[[], None]) -> None:
-    """absl ``app.run`` with gin flags parsed before ``main(argv)``; a failure
-    is one ``error:`` line and exit status 1 (``--verbose``: the traceback;
-    ``--skip_missing_images``: skip and count records without a readable
-    image; see locca/cli.py). ``register_configurables``: the job's gin
-    registration (e.g. ``transfer.train.register_configurables``)."""
-    import sys
-
-    from absl import app, flags
-
-    define_gin_flags()
-    register_configurables()
-
-    def parser(argv):
-        return flags.FLAGS(rewrite_gin_args(argv))
-
-    def wrapped(argv):
-        cli.quiet_library_info()
-        parse_gin(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings, flags.FLAGS.gin_search_paths)
-        return main(argv)
-
-    cli.guard(app.run, wrapped, argv=cli.take_cli_options(sys.argv), flags_parser=parser)
-
-
-def write_gin_config(model_dir: str | None, name: str = "config.gin") -> None:
-    """Saves the gin config next to the run's outputs (no-op without a dir)."""
-    import gin
-
-    if not model_dir or jax.process_index() != 0:
-        return
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, name), "w") as f:
-        f.write(gin.config_str())
 
 
 # ---------------------------------------------------------------------------

@@ -42,9 +42,9 @@ from locca import cli, stats
 from locca.boxes import iou
 from locca.data.contact_sheet import write_contact_sheet
 from locca.data.shapes import ShapesWorld
-from locca.gin_flags import rewrite_gin_args
 from transfer import common, experiment, pretrain
 from transfer import report as report_lib
+from transfer.gin_flags import rewrite_gin_args
 
 STAGES = ("sheet", "pretrain", "transfer", "report")
 ENCODERS = ("cap", "cappa", "locca")  # row names; gin/demo/encoders/{name}.gin

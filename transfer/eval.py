@@ -33,7 +33,7 @@ import numpy as np
 
 from locca.io_utils import atomic_write_json
 from locca.models import pali
-from transfer import common
+from transfer import common, gin_flags
 
 log = logging.getLogger("transfer.eval")
 
@@ -487,7 +487,7 @@ def _report_skips(output_dir: str, step: int) -> None:
 def register_configurables() -> None:
     """gin: the shared pieces (``common.register_configurables``) and ``transfer.evaluate``."""
     common.register_configurables()
-    common.register_configurable(evaluate, "evaluate", "transfer")
+    gin_flags.register_configurable(evaluate, "evaluate", "transfer")
 
 
 def main(argv):
@@ -498,4 +498,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    common.run(main, register_configurables)
+    gin_flags.run(main, register_configurables)

@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from transfer import common, rec_protocol
+from transfer import common, gin_flags, rec_protocol
 from transfer import infer as infer_lib
 from transfer import report as report_lib
 from transfer import train as train_lib
@@ -105,21 +105,11 @@ def write_cell(path: str, record: Mapping) -> None:
     report_lib.atomic_write(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
-def _find_gin(path: str, search: Sequence[str]) -> str | None:
-    if os.path.isabs(path) and os.path.exists(path):
-        return path
-    for d in [*search, *common.DEFAULT_GIN_SEARCH_PATHS]:
-        cand = os.path.join(d, path)
-        if os.path.exists(cand):
-            return cand
-    return None
-
-
 def fingerprint(gin_files: Sequence[str], bindings: Sequence[str], search=()) -> str:
     """sha256 over the gin files' text (as found on the search path) and bindings."""
     h = hashlib.sha256()
     for f in gin_files:
-        found = _find_gin(f, search)
+        found = gin_flags.find_gin_file(f, search)
         h.update(f.encode())
         if found:
             h.update(pathlib.Path(found).read_bytes())
@@ -136,8 +126,8 @@ def register_configurables() -> None:
     """The transfer jobs plus ``run_experiment`` and ``rec_protocol`` (idempotent)."""
     train_lib.register_configurables()  # with transfer.evaluate and the shared pieces
     infer_lib.register_configurables()
-    common.register_configurable(run_experiment, "run_experiment", "transfer")
-    common.register_configurable(rec_protocol.rec_protocol, "rec_protocol", "transfer")
+    gin_flags.register_configurable(run_experiment, "run_experiment", "transfer")
+    gin_flags.register_configurable(rec_protocol.rec_protocol, "rec_protocol", "transfer")
 
 
 def _seed_tf(seed: int | None) -> None:
@@ -151,15 +141,9 @@ def _configure(gin_files: Sequence[str], bindings: Sequence[str], search: Sequen
     import gin
 
     register_configurables()
-    resolved = []
-    for f in gin_files:
-        found = _find_gin(f, search)
-        if found is None:
-            raise FileNotFoundError(f"gin file {f!r} not found (searched {search} and gin/)")
-        resolved.append(found)
     with gin.unlock_config():  # an earlier entry point may have finalised (locked) gin
         gin.clear_config()
-        common.parse_gin(resolved, bindings, search)
+        gin_flags.parse_gin(gin_files, bindings, search)
 
 
 def _q(value: Any) -> str:
@@ -258,7 +242,7 @@ def run_experiment(
     task_bindings = dict(task_bindings or {})
     search = list(gin_search_paths)
     for e in encoders:
-        if _find_gin(e, search) is None:
+        if gin_flags.find_gin_file(e, search) is None:
             raise FileNotFoundError(f"encoder gin file {e!r} not found (search path {search})")
     labels = [encoder_label(e) for e in encoders]
     if len(set(labels)) != len(labels):
@@ -508,21 +492,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    import sys
-
-    from absl import app, flags
-
-    common.define_gin_flags()
-    register_configurables()
-
-    def _parser(argv):
-        return flags.FLAGS(common.rewrite_gin_args(argv))
-
-    def _wrapped(argv):
-        f = flags.FLAGS
-        common.parse_gin(f.gin_file, f.gin_bindings, f.gin_search_paths)
-        return main(argv)
-
-    from locca import cli  # one error line per failure (--verbose: the traceback)
-
-    cli.guard(app.run, _wrapped, argv=cli.take_cli_options(sys.argv), flags_parser=_parser)
+    gin_flags.run(main, register_configurables)

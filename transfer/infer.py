@@ -29,7 +29,7 @@ from locca import vocab as vocab_lib
 from locca.boxes import BoxCodec
 from locca.io_utils import atomic_write_json
 from locca.models import pali
-from transfer import common
+from transfer import common, gin_flags
 from transfer import eval as eval_lib
 
 log = logging.getLogger("transfer.infer")
@@ -243,9 +243,9 @@ def _define_flags():
 def register_configurables() -> None:
     """gin: ``transfer.evaluate`` and the shared pieces (eval.py) and ``transfer.infer``."""
     eval_lib.register_configurables()
-    common.register_configurable(infer, "infer", "transfer")
+    gin_flags.register_configurable(infer, "infer", "transfer")
 
 
 if __name__ == "__main__":
     _define_flags()
-    common.run(main, register_configurables)
+    gin_flags.run(main, register_configurables)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pathlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -39,18 +38,14 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from locca import cli, pretrain_eval
+from locca import pretrain_eval
 from locca.data import pipeline
-from locca.gin_flags import check_gin_config, rewrite_gin_args
-from locca.io_utils import atomic_write_text
 from locca.models import locca as locca_lib
 from locca.training import optimizers, trainer
-from transfer import common
+from transfer import common, gin_flags
 
 log = logging.getLogger("transfer.pretrain")
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_GIN_SEARCH_PATHS = (str(REPO_ROOT / "gin"), str(REPO_ROOT), ".")
 MODEL_CONFIG_FILE = "model_config.json"
 
 # Environment variables that signal a multi-process (multi-host) launch.
@@ -265,7 +260,7 @@ def pretrain(
     log.info("LocCa model: %d parameters, vocab %d, image %d px", n_params, vocab_size, image_size)
     if jax.process_index() == 0:
         _write_model_config(model_dir, model, image_size=image_size, max_len=max_len)
-        _write_gin_config(model_dir)
+        gin_flags.write_gin_config(model_dir)
 
     loss_fn = locca_lib.make_loss_fn(
         model, tasks=tuple(tasks), task_weights=task_weights, parallel_prob=parallel_prob
@@ -397,8 +392,8 @@ def register_configurables() -> None:
     from tasks import pretrain_tasks  # TensorFlow: see _get_task
 
     common.register_configurables()
-    common.register_configurable(pretrain, "pretrain", "transfer")
-    common.register_configurable(
+    gin_flags.register_configurable(pretrain, "pretrain", "transfer")
+    gin_flags.register_configurable(
         pretrain_tasks.make_shapes_pretrain_task, "make_shapes_pretrain_task", "tasks"
     )
     _CONFIGURED = True
@@ -407,21 +402,9 @@ def register_configurables() -> None:
 def parse_gin(
     gin_files: Sequence[str], gin_bindings: Sequence[str] = (), search_paths: Sequence[str] = ()
 ) -> None:
-    import gin
-
+    """Registers this job's configurables, then ``gin_flags.parse_gin``."""
     register_configurables()
-    paths = [*search_paths, *DEFAULT_GIN_SEARCH_PATHS]
-    for path in paths:
-        gin.add_config_file_search_path(path)
-    files = []
-    for f in gin_files:  # a file is found as given, else under a search path
-        found = [f] if os.path.exists(f) else [os.path.join(p, f) for p in paths]
-        found = [c for c in found if os.path.exists(c)]
-        if not found:
-            raise FileNotFoundError(f"gin file {f!r} not found (search paths: {paths})")
-        files.append(found[0])
-    gin.parse_config_files_and_bindings(files, list(gin_bindings))
-    check_gin_config(files, search_paths)  # a typo'd --gin.NAME is an error, not a new macro
+    gin_flags.parse_gin(gin_files, gin_bindings, search_paths)
 
 
 def run_from_gin() -> Any:
@@ -431,43 +414,15 @@ def run_from_gin() -> Any:
     return gin.get_configurable("transfer.pretrain")()
 
 
-def _write_gin_config(model_dir: str) -> None:
-    """``model_dir/config.gin``: the full gin config, when gin configured this run."""
-    import sys
-
-    gin = sys.modules.get("gin")
-    if gin is None:
-        return
-    text = gin.config_str()
-    if text.strip():
-        atomic_write_text(os.path.join(model_dir, "config.gin"), text)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    import sys
-
-    flags.DEFINE_multi_string("gin_file", [], "Gin config files (repeatable).")
-    flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings; also --gin.NAME=VALUE.")
-    flags.DEFINE_list("gin_search_paths", [], "Extra folders searched for gin files.")
-
-    def parser(args):
-        return flags.FLAGS(rewrite_gin_args(args))
-
-    def _main(args):
-        del args
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-        cli.quiet_library_info()
-        maybe_initialize_distributed()
-        f = flags.FLAGS
-        if not f.gin_file:
-            raise app.UsageError("--gin_file is required (e.g. gin/pretrain/locca_tiny.gin)")
-        parse_gin(f.gin_file, f.gin_bindings, f.gin_search_paths)
-        run_from_gin()
-
-    # One clear error line (--verbose / LOCCA_DEBUG=1: the traceback); see locca/cli.py.
-    argv = cli.take_cli_options(sys.argv if argv is None else argv)
-    cli.guard(app.run, _main, argv=argv, flags_parser=parser)
+def main(argv: Sequence[str]) -> None:
+    """After ``gin_flags.run`` parsed the flags and gin files: the gin-bound ``pretrain``."""
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    maybe_initialize_distributed()
+    if not flags.FLAGS.gin_file:
+        raise app.UsageError("--gin_file is required (e.g. gin/pretrain/locca_tiny.gin)")
+    run_from_gin()
 
 
 if __name__ == "__main__":
-    main()
+    gin_flags.run(main, register_configurables)

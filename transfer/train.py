@@ -31,7 +31,7 @@ from locca.io_utils import atomic_write_json
 from locca.models import pali
 from locca.training import optimizers
 from locca.training.trainer import train as trainer_train
-from transfer import common
+from transfer import common, gin_flags
 from transfer import eval as eval_lib
 
 log = logging.getLogger("transfer.train")
@@ -92,7 +92,7 @@ def train(
       data_dir: root of the official datasets (``DATA_DIR``).
     """
     common.set_data_dir(data_dir)
-    common.write_gin_config(model_dir)
+    gin_flags.write_gin_config(model_dir)
     bundle = model
     common.check_vocabulary(bundle, mixture_or_task_name)
     _write_model_info(model_dir, bundle)
@@ -195,7 +195,7 @@ def _write_model_info(model_dir: str, bundle: common.ModelBundle) -> None:
 def register_configurables() -> None:
     """gin: ``transfer.evaluate`` and the shared pieces (eval.py) and ``transfer.train``."""
     eval_lib.register_configurables()
-    common.register_configurable(train, "train", "transfer")
+    gin_flags.register_configurable(train, "train", "transfer")
 
 
 def main(argv):
@@ -206,4 +206,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    common.run(main, register_configurables)
+    gin_flags.run(main, register_configurables)
