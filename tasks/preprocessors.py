@@ -14,12 +14,22 @@ Raw examples (what the sources in tasks/sources yield) use one schema:
 Preprocessors add `image` (uint8 [S, S, 3]), `inputs`, `targets` (strings,
 tokenised later by seqio.preprocessors.tokenize) and keep every raw field for
 the metrics (`references`: all target strings of the example).
+
+Random choices: an example that carries `EXAMPLE_SEED` (int64 [2], set by the
+indexed training stream of tasks/resumable.py from the example's position) is
+sampled with stateless seeds folded from it, so its choices do not depend on
+which examples came before; otherwise the seeds are seqio's per-example seed
+stream (`map_over_dataset(num_seeds=...)`, deterministic given the task seed).
 """
 
 from __future__ import annotations
 
+import zlib
+
 import seqio
 import tensorflow as tf
+
+EXAMPLE_SEED = "_locca_seed"  # int64 [2]: the example's own stateless seed (tasks/resumable.py)
 
 CAPTION_PROMPT = "caption en"
 VQA_PROMPT = "answer en {question}"
@@ -67,6 +77,23 @@ def load_image(image_size: int):
 
 
 # ------------------------------------------------------------------ sampling
+
+
+def example_seeds(ex, stream_seeds: tf.Tensor, n: int, salt: str) -> list[tf.Tensor]:
+    """``n`` stateless seeds (each [2]) for one example's random choices.
+
+    From ``ex[EXAMPLE_SEED]`` folded with ``salt`` (the preprocessor's name)
+    and the seed index when the example carries one, else seqio's stream
+    seeds (``stream_seeds``: seqio's ``seed`` argument when n == 1, else its
+    ``seeds``)."""
+    if EXAMPLE_SEED in ex:
+        base = tf.random.experimental.stateless_fold_in(
+            ex[EXAMPLE_SEED], zlib.crc32(salt.encode()) & 0x7FFFFFFF
+        )
+        return [tf.random.experimental.stateless_fold_in(base, i) for i in range(n)]
+    if n == 1:  # seqio's `seed` argument: one seed
+        return [stream_seeds]
+    return [stream_seeds[i] for i in range(n)]
 
 
 def _rand_index(n: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -140,6 +167,7 @@ def caption_format(prompt: str = CAPTION_PROMPT):
     @seqio.map_over_dataset(num_seeds=1)
     def _fn(ex, seed):
         ex = dict(ex)
+        (seed,) = example_seeds(ex, seed, 1, "caption_format")
         ex["inputs"] = tf.constant(prompt)
         ex["targets"] = _sample_one(ex["captions"], seed)
         ex["references"] = ex["captions"]
@@ -155,6 +183,7 @@ def vqa_format(prompt: str = VQA_PROMPT):
     @seqio.map_over_dataset(num_seeds=1)
     def _fn(ex, seed):
         ex = dict(ex)
+        (seed,) = example_seeds(ex, seed, 1, "vqa_format")
         ex["inputs"] = _fill(prompt, question=ex["question"])
         ex["targets"] = _sample_one(ex["answers"], seed)
         ex["references"] = ex["answers"]
@@ -172,6 +201,7 @@ def rec_format(
     @seqio.map_over_dataset(num_seeds=1)
     def _fn(ex, seed):
         ex = dict(ex)
+        (seed,) = example_seeds(ex, seed, 1, "rec_format")
         expr = _sample_one(ex["expressions"], seed)
         ex["expression"] = expr
         ex["inputs"] = _fill(prompt, expression=expr)
@@ -185,13 +215,17 @@ def rec_format(
 def pretrain_format(encoding: str = "text", num_bins: int | None = None, order: str = "yxyx"):
     """LocCa targets: `cap` = a sampled caption, `aref` = `ARef : {c} : {b}`,
     `gcap` = `GCap : {b} : {c}`, each with its own sampled region (seeded).
-    Examples without regions get empty aref/gcap strings (loss weight 0 only
-    on the padding; filter them upstream if unwanted)."""
+    The caption is sampled among the non-empty ones. Examples without regions
+    (or without a non-empty caption) get empty strings: drop them before the
+    cache placeholder with :func:`require_regions_and_caption`."""
 
     @seqio.map_over_dataset(num_seeds=3)
     def _fn(ex, seeds):
         ex = dict(ex)
-        ex["cap"] = _sample_one(ex["captions"], seeds[0])
+        seeds = example_seeds(ex, seeds, 3, "pretrain_format")
+        captions = ex["captions"]
+        nonempty = tf.boolean_mask(captions, tf.strings.length(captions) > 0)
+        ex["cap"] = _sample_one(nonempty, seeds[0])
         texts, boxes = ex["region_texts"], ex["region_boxes"]
         n = tf.shape(texts)[0]
 
@@ -210,6 +244,25 @@ def pretrain_format(encoding: str = "text", num_bins: int | None = None, order: 
         ex["aref"] = _pair(seeds[1], lambda c, b: "ARef : " + c + " : " + b)
         ex["gcap"] = _pair(seeds[2], lambda c, b: "GCap : " + b + " : " + c)
         return ex
+
+    return _fn
+
+
+def require_regions_and_caption():
+    """Drops raw pretraining examples without a region or a non-empty caption.
+
+    A filter on raw fields, meant to run *before* the cache placeholder: the
+    indexed training stream (tasks/resumable.py) then preprocesses exactly one
+    output per kept example, so a position in the stream is a position in the
+    data (a filter after the formatting would shift every later example)."""
+
+    def _fn(ds):
+        def ok(ex):
+            has_region = tf.size(ex["region_texts"]) > 0
+            has_caption = tf.reduce_any(tf.strings.length(ex["captions"]) > 0)
+            return tf.logical_and(has_region, has_caption)
+
+        return ds.filter(ok)
 
     return _fn
 

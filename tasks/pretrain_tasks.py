@@ -7,7 +7,8 @@ Boxes go through the box codec (text encoding, 500 bins by default).
 
 Registered: shapes_pretrain (in memory); readers-based coco_pretrain,
 vg_pretrain, refcoco_pretrain, jsonl_pretrain (see tasks/sources/jsonl.py for
-the JSONL format). Examples without any region are dropped.
+the JSONL format). Examples without any region or non-empty caption are
+dropped (on the raw fields, before the cache placeholder).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from tasks.sources.shapes import ShapesSource
 
 def pretrain_preprocessors(image_size: int, box_encoding="text", num_bins=None, order="yxyx"):
     return [
+        prep.require_regions_and_caption(),  # on raw fields: one output per kept example
         seqio.CacheDatasetPlaceholder(),
         prep.load_image(image_size),
         prep.pretrain_format(box_encoding, num_bins, order),
-        prep.filter_nonempty("cap", "aref", "gcap"),
         seqio.preprocessors.tokenize,
         seqio.preprocessors.append_eos_after_trim,
     ]

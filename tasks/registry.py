@@ -26,6 +26,7 @@ import tensorflow as tf
 from locca.boxes import BoxCodec
 from locca.vocab import task_vocabulary
 from tasks import preprocessors as prep
+from tasks.resumable import ResumableMixture, ResumableTask
 
 DATA_DIR_ENV = "LOCCA_DATA_DIR"
 _DATA_DIRS: dict[str, str] = {}
@@ -179,14 +180,20 @@ def rec_postprocessor_factory(encoding="text", num_bins=None, order="yxyx"):
 
 
 def add_task(name: str, **kwargs) -> seqio.Task:
-    """seqio.TaskRegistry.add unless `name` exists (idempotent registration)."""
+    """seqio.TaskRegistry.add unless `name` exists (idempotent registration).
+
+    The task is a `tasks.resumable.ResumableTask`: its training stream can
+    start at any example (O(1) resume; see that module)."""
     if name in seqio.TaskRegistry.names():
         return seqio.TaskRegistry.get(name)
     kwargs.setdefault("shuffle_buffer_size", 1000)
+    kwargs.setdefault("task_cls", ResumableTask)  # training streams that start anywhere
     return seqio.TaskRegistry.add(name, **kwargs)
 
 
 def add_mixture(name: str, tasks: Sequence[str | tuple[str, float]], default_rate=1.0):
     if name in seqio.MixtureRegistry.names():
         return seqio.MixtureRegistry.get(name)
-    return seqio.MixtureRegistry.add(name, list(tasks), default_rate=default_rate)
+    return seqio.MixtureRegistry.add(
+        name, list(tasks), default_rate=default_rate, mixture_cls=ResumableMixture
+    )

@@ -28,22 +28,74 @@ depends only on (data, seed, B, V), never on P: a run on 1 process with
 to P; set it explicitly to keep the data stream when the number of hosts
 changes (e.g. resuming on another slice).
 
-Resume: ``batches(start_step)`` skips ``start_step`` per-shard batches with
-``Dataset.skip``, so batch ``s`` is bitwise the same whether or not the run was
-interrupted. The skipped batches are still produced by the input pipeline
-(cost O(start_step)): seqio draws its per-example random seeds from a stream
-zipped positionally with the examples, so skipping before the preprocessing
-would change every later example.
+Resume in O(1): ``batches(start_step)`` asks each shard's stream to *start*
+at example ``start_step * B/V``: while ``dataset_fn`` runs, the position is
+offered through :func:`claim_start` (a thread-local hint). A stream that can
+start anywhere (the tasks' indexed training stream, ``tasks.resumable``: a
+per-epoch permutation of the raw examples and per-example random seeds keyed
+on the example's position) claims it and begins there, preprocessing nothing
+before it; the pipeline then skips nothing. A ``dataset_fn`` that does not
+claim it (any plain tf.data factory, a seqio mixture) gets the old behaviour:
+``Dataset.skip(start_step)`` over its batches, bitwise correct but O(start_step)
+since every skipped example is still produced. Either way batch ``s`` is
+bitwise the same whether or not the run was interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 DatasetFn = Callable[[int, int], Any]  # (shard_index, num_shards) -> tf.data.Dataset
+
+_HINT = threading.local()  # .offer: the _StartOffer of the dataset_fn call in progress
+
+
+class _StartOffer:
+    def __init__(self, position: int | None):
+        self.position = position
+        self.claimed = False
+
+
+@contextlib.contextmanager
+def offer_start(position: int):
+    """While active, :func:`claim_start` returns ``position`` (once). Yields the
+    offer: ``offer.claimed`` says whether the stream built inside began there."""
+    prev = getattr(_HINT, "offer", None)
+    offer = _StartOffer(int(position))
+    _HINT.offer = offer
+    try:
+        yield offer
+    finally:
+        _HINT.offer = prev
+
+
+@contextlib.contextmanager
+def no_start_offer():
+    """Hides an active offer (a mixture building its sub-task streams: their
+    positions are not the mixture's)."""
+    prev = getattr(_HINT, "offer", None)
+    _HINT.offer = None
+    try:
+        yield
+    finally:
+        _HINT.offer = prev
+
+
+def claim_start() -> int | None:
+    """For streams that can start at any example: the example index (within
+    this shard's stream) that :func:`make_batches` wants the stream to begin
+    at, or None when nothing is offered or it was already claimed. Claiming
+    tells the pipeline not to skip anything itself."""
+    offer = getattr(_HINT, "offer", None)
+    if offer is None or offer.claimed:
+        return None
+    offer.claimed = True
+    return offer.position
 
 
 def shard_layout(
@@ -113,10 +165,14 @@ def make_batches(
         start_step = int(start_step)
         if start_step < 0:
             raise ValueError(f"start_step must be >= 0, got {start_step}")
-        parts = [
-            dataset_fn(j, total_shards).batch(per_shard, drop_remainder=True).skip(start_step)
-            for j in shards
-        ]
+        parts = []
+        for j in shards:
+            with offer_start(start_step * per_shard) as offer:
+                ds = dataset_fn(j, total_shards)
+            ds = ds.batch(per_shard, drop_remainder=True)
+            if not offer.claimed:  # a stream that cannot start anywhere: O(start_step)
+                ds = ds.skip(start_step)
+            parts.append(ds)
         if len(parts) == 1:
             ds = parts[0]
         else:  # this process's shards side by side, in shard order

@@ -1,0 +1,191 @@
+"""The indexed training stream: a seqio Task whose training stream can start at any example.
+
+``ResumableTask`` (every task registered by ``tasks.registry.add_task``) behaves
+as ``seqio.Task`` except when the training pipeline (``locca.data.pipeline``)
+offers a start position (``pipeline.claim_start``) for a repeated, shuffled
+stream (``shuffle=True, num_epochs=None``). It then builds the stream from
+positions instead of from a sequence of stateful shuffles:
+
+  raw shard   the split's examples of shard j of V, before the cache placeholder
+              (source + pre-cache preprocessors, e.g. the pretraining
+              region/caption filter), read once, in the source's order, into
+              memory: n examples (raw fields only; images on disk stay paths)
+  position g  epoch e = g // n, offset r = g % n; example perm_e[r], where
+              perm_e = numpy ``default_rng([seed, j, V, e]).permutation(n)``
+  seed of g   ``stateless_fold_in`` of (seed, j, V, g): the example's own seed
+              (``preprocessors.EXAMPLE_SEED``); the format preprocessors draw
+              their random choices (caption / answer / region) from it
+
+then the post-cache preprocessors (image decoding and resizing, formatting,
+tokenisation) and trimming, one output per raw example (checked: a post-cache
+preprocessor that drops or adds examples is an error naming the task). The
+stream starting at position k therefore preprocesses nothing before k, and its
+examples are bitwise those of a stream started at 0 from position k on: resume
+costs O(n) to read the raw shard (independent of k) instead of O(k).
+
+The full per-epoch permutation replaces seqio's 1000-example shuffle buffer.
+Other calls (evaluation, ``shuffle=False``, a finite number of epochs, no
+offer) are seqio's own ``Task.get_dataset``. ``ResumableMixture`` hides the
+offer from its sub-tasks (a mixture's position is not theirs): a mixture's
+stream is skipped after preprocessing, as before (O(k)).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from locca.data import pipeline
+from tasks import preprocessors as prep
+
+POSITION = "_locca_position"  # int64 []: the example's position in the shard's stream
+
+
+def _raw_shard(task: seqio.Task, split: str, shard_info: seqio.ShardInfo | None):
+    """The finite raw stream of one shard (source order, no shuffling), with
+    seqio's sharding rule (at the source when it can, else by example)."""
+    source = task.source
+    if shard_info is None or shard_info.num_shards == 1:
+        ds = source.get_dataset(split=split, shuffle=False, seed=None)
+    elif source.supports_arbitrary_sharding or (
+        len(source.list_shards(split=split)) >= shard_info.num_shards
+    ):
+        ds = source.get_dataset(split=split, shuffle=False, seed=None, shard_info=shard_info)
+    else:
+        ds = source.get_dataset(split=split, shuffle=False, seed=None)
+        ds = ds.shard(shard_info.num_shards, shard_info.index)
+    return ds
+
+
+def _nonneg(x: int) -> int:
+    return int(x) % (1 << 63)
+
+
+class ResumableTask(seqio.Task):
+    """seqio.Task whose offered training stream starts at any example (module doc)."""
+
+    def get_dataset(  # pytype: disable=signature-mismatch
+        self,
+        sequence_length=None,
+        split: str = "train",
+        use_cached: bool = False,
+        shuffle: bool = True,
+        shuffle_buffer_size: int | None = None,
+        seed: int | None = None,
+        shard_info: seqio.ShardInfo | None = None,
+        num_epochs: int | None = 1,
+        trim_output_features: bool = True,
+        try_in_mem_cache: bool = True,
+    ) -> tf.data.Dataset:
+        if shuffle and num_epochs is None and not use_cached and not self.requires_caching:
+            start = pipeline.claim_start()
+            if start is not None:
+                return self.indexed_stream(
+                    start,
+                    sequence_length=sequence_length,
+                    split=split,
+                    seed=0 if seed is None else int(seed),
+                    shard_info=shard_info,
+                    trim_output_features=trim_output_features,
+                )
+        return super().get_dataset(
+            sequence_length=sequence_length,
+            split=split,
+            use_cached=use_cached,
+            shuffle=shuffle,
+            shuffle_buffer_size=shuffle_buffer_size,
+            seed=seed,
+            shard_info=shard_info,
+            num_epochs=num_epochs,
+            trim_output_features=trim_output_features,
+            try_in_mem_cache=try_in_mem_cache,
+        )
+
+    def raw_examples(self, split: str, shard_info: seqio.ShardInfo | None, seed: int):
+        """-> (the shard's raw examples as numpy dicts, their tf.data element spec)."""
+        ds = self.preprocess_precache(_raw_shard(self, split, shard_info), seed=seed)
+        return list(ds.as_numpy_iterator()), ds.element_spec
+
+    def indexed_stream(
+        self,
+        start: int,
+        *,
+        sequence_length=None,
+        split: str = "train",
+        seed: int = 0,
+        shard_info: seqio.ShardInfo | None = None,
+        trim_output_features: bool = True,
+    ) -> tf.data.Dataset:
+        """The infinite training stream of this shard from position ``start`` on."""
+        start = int(start)
+        if start < 0:
+            raise ValueError(f"task {self.name}: start position must be >= 0, got {start}")
+        j, v = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
+        examples, spec = self.raw_examples(split, shard_info, seed)
+        n = len(examples)
+        if n == 0:
+            raise ValueError(
+                f"task {self.name}: split {split!r} shard {j} of {v} has no examples "
+                "(after the pre-cache filters); check the data directory, or use fewer shards"
+            )
+        if not isinstance(spec, dict) or POSITION in spec or prep.EXAMPLE_SEED in spec:
+            raise ValueError(f"task {self.name}: raw examples must be dicts without {POSITION!r}")
+
+        def gen():
+            g, epoch, perm = start, -1, None
+            while True:
+                e, r = divmod(g, n)
+                if e != epoch:  # one permutation per epoch, from (seed, shard, epoch) only
+                    perm = np.random.default_rng([_nonneg(seed), j, v, e]).permutation(n)
+                    epoch = e
+                ex = dict(examples[perm[r]])
+                ex[POSITION] = np.int64(g)
+                yield ex
+                g += 1
+
+        sig = dict(spec)
+        sig[POSITION] = tf.TensorSpec([], tf.int64)
+        ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
+        base = tf.constant([_nonneg(seed) >> 32, _nonneg(seed) & 0xFFFFFFFF], tf.int64)
+        base = tf.random.experimental.stateless_fold_in(base, j)
+        base = tf.random.experimental.stateless_fold_in(base, v)
+
+        def add_seed(ex):
+            ex = dict(ex)
+            ex[prep.EXAMPLE_SEED] = tf.random.experimental.stateless_fold_in(base, ex[POSITION])
+            return ex
+
+        ds = ds.map(add_seed, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = self.preprocess_postcache(ds, sequence_length=sequence_length, seed=seed)
+        ds = self._validate_preprocessing(ds)
+        if trim_output_features:
+            ds = self._trim_output_features(ds, sequence_length=sequence_length)
+        name = self.name
+
+        def check(i, ex):  # one output per raw example, in order
+            ok = tf.debugging.assert_equal(
+                ex[POSITION],
+                i,
+                message=(
+                    f"task {name}: a post-cache preprocessor dropped or added examples; the "
+                    "indexed training stream needs one output per raw example (filter raw "
+                    "fields before the CacheDatasetPlaceholder)"
+                ),
+            )
+            with tf.control_dependencies([ok]):
+                return {
+                    k: tf.identity(x)
+                    for k, x in ex.items()
+                    if k not in (POSITION, prep.EXAMPLE_SEED)
+                }
+
+        return ds.enumerate(start).map(check, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class ResumableMixture(seqio.Mixture):
+    """seqio.Mixture that hides the pipeline's start offer from its sub-tasks."""
+
+    def get_dataset(self, *args, **kwargs) -> tf.data.Dataset:  # pytype: disable=signature-mismatch
+        with pipeline.no_start_offer():
+            return super().get_dataset(*args, **kwargs)
