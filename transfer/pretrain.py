@@ -28,7 +28,6 @@ the encoder/decoder configs (read by ``checkpoints/export_encoder.py``);
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,6 +39,7 @@ from absl import app, flags
 
 from locca import pretrain_eval
 from locca.data import pipeline
+from locca.io_utils import atomic_write_json
 from locca.models import locca as locca_lib
 from locca.training import optimizers, trainer
 from transfer import common, gin_flags
@@ -369,10 +369,7 @@ def _write_model_config(model_dir: str, model, *, image_size: int, max_len: int)
         "image_size": int(image_size),
         "max_len": int(max_len),
     }
-    tmp = os.path.join(model_dir, MODEL_CONFIG_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(model_dir, MODEL_CONFIG_FILE))
+    atomic_write_json(os.path.join(model_dir, MODEL_CONFIG_FILE), cfg, indent=2, sort_keys=True)
 
 
 # ---------------------------------------------------------------------------
