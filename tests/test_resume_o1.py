@@ -203,3 +203,20 @@ def test_evaluation_streams_are_seqio_streams(task):
         task.get_dataset(sequence_length=LENGTHS, shuffle=False, num_epochs=1)
     assert not offer.claimed
     assert pipeline.claim_start() is None
+
+
+def test_transfer_training_stream_claims_the_offer(task):
+    """transfer.common.train_batches reads the indexed stream (no skip after preprocessing)."""
+    from locca.data import pipeline
+    from transfer import common
+
+    kw = dict(split="train", task_feature_lengths=LENGTHS, image_size=RES, batch_size=None)
+    with pipeline.offer_start(8) as offer:
+        ds = common.model_dataset(task.name, shuffle=True, seed=3, num_epochs=None, **kw)
+    assert offer.claimed
+    first = next(ds.as_numpy_iterator())
+    ref = next(_batches(task, batch_size=4)(2))  # examples 8..11 of the same stream
+    _equal({k: v[0] for k, v in ref.items()}, first)
+    with pipeline.offer_start(8) as offer:  # evaluation: seqio's stream, offer left alone
+        common.model_dataset(task.name, shuffle=False, num_epochs=1, **kw)
+    assert not offer.claimed
