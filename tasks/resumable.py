@@ -23,6 +23,12 @@ stream starting at position k therefore preprocesses nothing before k, and its
 examples are bitwise those of a stream started at 0 from position k on: resume
 costs O(n) to read the raw shard (independent of k) instead of O(k).
 
+Contract for post-cache preprocessors: one output per input (checked), and
+random choices drawn from the example's seed (``preprocessors.example_seeds``,
+as every format preprocessor of tasks/preprocessors.py does). A preprocessor
+that draws from seqio's positional seed stream instead would be deterministic
+but would differ between a run and its resumption (not checked).
+
 The full per-epoch permutation replaces seqio's 1000-example shuffle buffer.
 Other calls (evaluation, ``shuffle=False``, a finite number of epochs, no
 offer) are seqio's own ``Task.get_dataset``. ``ResumableMixture`` hides the
