@@ -179,3 +179,34 @@ def test_default_columns_and_bad_inputs(tmp_path, encoders):
             tasks=["x"],
             encoder_bindings={"enc_c": []},
         )
+
+
+def test_finetune_config_per_task_cells():
+    """A per-task cell: its run folder, the gin files in order (base, encoder, task file,
+    eval) and the bindings in the order the fingerprint hashes them."""
+    kw = dict(
+        mode="per_task",
+        mixture=None,
+        base_gin_files=["runs/finetune.gin"],
+        eval_gin_files=["experiments/cell_eval.gin"],
+        bindings=["TRAIN_STEPS = 2", "ENCODER_CHECKPOINT = 'e.npz'"],
+        task_bindings={"shapes_vqa": ["LABEL_SMOOTHING = 0.1"]},
+    )
+    model_dir, files, b = experiment._finetune_config(
+        "exp", "enc", "encoders/enc.gin", ["shapes_vqa"], **kw
+    )
+    assert model_dir == os.path.join("exp", experiment.RUNS_DIR, "enc", "shapes_vqa")
+    assert files == ["runs/finetune.gin", "encoders/enc.gin", "experiments/cell_eval.gin"]
+    assert b == [
+        f"MODEL_DIR = {model_dir!r}",
+        "MIXTURE_OR_TASK_NAME = 'shapes_vqa'",
+        "EVAL_EVERY = 0",
+        "TRAIN_STEPS = 2",
+        "ENCODER_CHECKPOINT = 'e.npz'",
+        "LABEL_SMOOTHING = 0.1",
+    ]
+    # A task gin file binds the task itself: it joins the files, no MIXTURE binding.
+    _, files, b = experiment._finetune_config(
+        "exp", "enc", "encoders/enc.gin", ["tasks/shapes_tally.gin"], **kw
+    )
+    assert files[2] == "tasks/shapes_tally.gin" and not any("MIXTURE" in x for x in b)

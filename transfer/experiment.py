@@ -234,190 +234,224 @@ def run_experiment(
       ``{"table": table dict, "trained": [(encoder, task)...] computed now,
       "skipped": [...] found recorded, "paths": {...}}``.
     """
+    labels = _check_grid(encoders, tasks, mode, encoder_bindings, gin_search_paths)
+    encoder_bindings = dict(encoder_bindings or {})
+    task_bindings = dict(task_bindings or {})
+    search = list(gin_search_paths)
+    rec_tasks = [t for t in tasks if t.startswith(REC_PREFIX)]
+    ft_tasks = [t for t in tasks if not t.startswith(REC_PREFIX)]
+    os.makedirs(experiment_dir, exist_ok=True)
+    grid = _Grid(experiment_dir, title, labels, tasks, columns, on_cell)
+
+    for e_file, label in zip(encoders, labels):
+        enc_b = list(encoder_bindings.get(label, ()))
+        groups = [[t] for t in ft_tasks] if mode == "per_task" else [ft_tasks] if ft_tasks else []
+        for group in groups:  # fine-tuning cells
+            model_dir, files, all_b = _finetune_config(
+                experiment_dir,
+                label,
+                e_file,
+                group,
+                mode=mode,
+                mixture=mixture,
+                base_gin_files=base_gin_files,
+                eval_gin_files=eval_gin_files,
+                bindings=[*bindings, *enc_b],
+                task_bindings=task_bindings,
+            )
+            _finetune_cell(grid, label, group, mode, model_dir, files, all_b, search, tf_seed)
+        for t in rec_tasks:  # frozen-encoder REC protocol cells
+            model_dir = os.path.join(experiment_dir, RUNS_DIR, _safe(label), _safe(t))
+            files = [*rec_gin_files, e_file]
+            all_b = [
+                f"MODEL_DIR = {_q(model_dir)}",
+                f"REC_TASK = {_q(t[len(REC_PREFIX) :])}",
+                *rec_bindings,
+                *enc_b,
+                *task_bindings.get(t, ()),
+            ]
+            _rec_cell(grid, label, t, model_dir, files, all_b, search, tf_seed)
+
+    paths = grid.write_outputs()
+    table = json.loads(pathlib.Path(paths["json"]).read_text())
+    print(f"[experiment] table: {paths['md']}", flush=True)
+    return {"table": table, "trained": grid.trained, "skipped": grid.skipped, "paths": paths}
+
+
+def _check_grid(encoders, tasks, mode, encoder_bindings, search) -> list[str]:
+    """The row names (encoder file stems) after checking the grid's arguments."""
     if mode not in ("per_task", "multitask"):
         raise ValueError(f"mode must be 'per_task' or 'multitask', got {mode!r}")
     if not encoders or not tasks:
         raise ValueError("an experiment needs at least one encoder and one task")
-    encoder_bindings = dict(encoder_bindings or {})
-    task_bindings = dict(task_bindings or {})
-    search = list(gin_search_paths)
     for e in encoders:
         if gin_flags.find_gin_file(e, search) is None:
             raise FileNotFoundError(f"encoder gin file {e!r} not found (search path {search})")
     labels = [encoder_label(e) for e in encoders]
     if len(set(labels)) != len(labels):
         raise ValueError(f"encoder gin files must have distinct names, got {labels}")
-    unknown = set(encoder_bindings) - set(labels)
+    unknown = set(encoder_bindings or {}) - set(labels)
     if unknown:
         raise ValueError(f"encoder_bindings for unknown encoders {sorted(unknown)}; have {labels}")
-    rec_tasks = [t for t in tasks if t.startswith(REC_PREFIX)]
     ft_tasks = [t for t in tasks if not t.startswith(REC_PREFIX)]
     if mode == "multitask" and any(t.endswith(".gin") for t in ft_tasks):
         raise ValueError("multitask mode needs task names, not task gin files")
-    os.makedirs(experiment_dir, exist_ok=True)
+    return labels
 
-    cells: dict[tuple[str, str], dict] = {}
-    trained, skipped = [], []
-    n_total = len(labels) * len(tasks)
 
-    def record(label, task, metrics, extra):
-        rec = {"encoder": label, "task": task, "metrics": metrics, **extra}
-        write_cell(cell_path(experiment_dir, label, task), rec)
-        cells[(label, task_name(task))] = rec
-        trained.append((label, task_name(task)))
-        print(
-            f"[experiment] recorded {label} x {task_name(task)} "
-            f"({len(cells)}/{n_total}): {_short(metrics)}",
-            flush=True,
-        )
-        _write_outputs(experiment_dir, title, labels, tasks, columns, cells)
-        if on_cell is not None:
-            on_cell(rec)
+class _Grid:
+    """The experiment's cells: read back when recorded with the same fingerprint,
+    else computed, recorded (``cells/*.json``) and the table rewritten after each."""
 
-    def lookup(label, task, fp):
-        rec = read_cell(cell_path(experiment_dir, label, task))
+    def __init__(self, experiment_dir, title, labels, tasks, columns, on_cell):
+        self.experiment_dir, self.title, self.labels = experiment_dir, title, labels
+        self.tasks, self.columns, self.on_cell = tasks, columns, on_cell
+        self.cells: dict[tuple[str, str], dict] = {}
+        self.trained: list[tuple[str, str]] = []
+        self.skipped: list[tuple[str, str]] = []
+
+    def lookup(self, label: str, task: str, fp: str) -> dict | None:
+        """The recorded cell (kept as skipped) when its fingerprint is ``fp``, else None."""
+        rec = read_cell(cell_path(self.experiment_dir, label, task))
         if rec is None:
             return None
         if rec.get("fingerprint") != fp:
             print(f"[experiment] {label} x {task}: configuration changed; recomputing", flush=True)
             return None
+        self.cells[(label, task)] = rec
+        self.skipped.append((label, task))
         return rec
 
-    for e_file, label in zip(encoders, labels):
-        enc_b = list(encoder_bindings.get(label, ()))
-        # --- fine-tuning cells.
-        if ft_tasks:
-            if mode == "per_task":
-                groups = [[t] for t in ft_tasks]
-            else:
-                groups = [ft_tasks]
-            for group in groups:
-                if mode == "per_task":
-                    t = group[0]
-                    run_name = _safe(task_name(t))
-                    files = [*base_gin_files, e_file]
-                    if t.endswith(".gin"):
-                        files.append(t)
-                        cell_b = []
-                    else:
-                        cell_b = [f"MIXTURE_OR_TASK_NAME = {_q(t)}"]
-                    extra_b = list(task_bindings.get(t, ()))
-                    eval_name = None
-                else:
-                    train_name = mixture or _ensure_mixture(ft_tasks)
-                    eval_name = _ensure_mixture(ft_tasks)
-                    run_name = "multitask_" + _safe(train_name)
-                    files = [*base_gin_files, e_file]
-                    cell_b = [f"MIXTURE_OR_TASK_NAME = {_q(train_name)}"]
-                    extra_b = []
-                model_dir = os.path.join(experiment_dir, RUNS_DIR, _safe(label), run_name)
-                files = [*files, *eval_gin_files]
-                all_b = [
-                    f"MODEL_DIR = {_q(model_dir)}",
-                    *cell_b,
-                    "EVAL_EVERY = 0",
-                    *bindings,
-                    *enc_b,
-                    *extra_b,
-                ]
-                if eval_name:
-                    all_b.append(f"transfer.evaluate.mixture_or_task_name = {_q(eval_name)}")
-                fp = fingerprint(files, all_b, search)
-                have = {t: lookup(label, task_name(t), fp) for t in group}
-                for t, rec in have.items():
-                    if rec is not None:
-                        cells[(label, task_name(t))] = rec
-                        skipped.append((label, task_name(t)))
-                if all(rec is not None for rec in have.values()):
-                    continue
-                _maybe_clear_stale(model_dir, fp)
-                print(
-                    f"[experiment] fine-tune {label} on {', '.join(task_name(t) for t in group)} "
-                    f"({mode}) -> {model_dir}",
-                    flush=True,
-                )
-                t0 = time.time()
-                _configure(files, all_b, search)
-                _seed_tf(tf_seed)
-                _write_fingerprint(model_dir, fp)
-                import gin
+    def record(self, label: str, task: str, metrics: Mapping, extra: Mapping) -> None:
+        rec = {"encoder": label, "task": task, "metrics": metrics, **extra}
+        write_cell(cell_path(self.experiment_dir, label, task), rec)
+        self.cells[(label, task_name(task))] = rec
+        self.trained.append((label, task_name(task)))
+        n_total = len(self.labels) * len(self.tasks)
+        print(
+            f"[experiment] recorded {label} x {task_name(task)} "
+            f"({len(self.cells)}/{n_total}): {_short(metrics)}",
+            flush=True,
+        )
+        self.write_outputs()
+        if self.on_cell is not None:
+            self.on_cell(rec)
 
-                gin.get_configurable("transfer.train")()
-                t_train = time.time() - t0
-                step, metrics = _eval_result(gin.get_configurable("transfer.evaluate")())
-                wall = time.time() - t0
-                for t in group:
-                    if have[t] is not None:
-                        continue
-                    seqio_name = gin.query_parameter("%MIXTURE_OR_TASK_NAME")
-                    key = t if mode == "multitask" else seqio_name
-                    m = _split_metrics(metrics, key)
-                    if not m:
-                        raise RuntimeError(
-                            f"evaluation of {model_dir} returned no metrics for task {key!r}; "
-                            f"got {sorted(metrics)}"
-                        )
-                    record(
-                        label,
-                        task_name(t),
-                        m,
-                        dict(
-                            fingerprint=fp,
-                            mode=mode,
-                            model_dir=model_dir,
-                            step=step,
-                            train_seconds=round(t_train, 2),
-                            wall_seconds=round(wall, 2),
-                            seqio_task=key,
-                            predictions=_predictions_path(model_dir, key, step),
-                        ),
-                    )
-        # --- frozen-encoder REC protocol cells.
-        for t in rec_tasks:
-            rec_task = t[len(REC_PREFIX) :]
-            model_dir = os.path.join(experiment_dir, RUNS_DIR, _safe(label), _safe(t))
-            files = [*rec_gin_files, e_file]
-            all_b = [
-                f"MODEL_DIR = {_q(model_dir)}",
-                f"REC_TASK = {_q(rec_task)}",
-                *rec_bindings,
-                *enc_b,
-                *task_bindings.get(t, ()),
-            ]
-            fp = fingerprint(files, all_b, search)
-            rec = lookup(label, t, fp)
-            if rec is not None:
-                cells[(label, t)] = rec
-                skipped.append((label, t))
-                continue
-            _maybe_clear_stale(model_dir, fp)
-            print(f"[experiment] REC protocol {label} on {rec_task} -> {model_dir}", flush=True)
-            t0 = time.time()
-            _configure(files, all_b, search)
-            _seed_tf(tf_seed)
-            _write_fingerprint(model_dir, fp)
-            import gin
+    def write_outputs(self) -> dict:
+        return _write_outputs(
+            self.experiment_dir, self.title, self.labels, self.tasks, self.columns, self.cells
+        )
 
-            out = gin.get_configurable("transfer.rec_protocol")()
-            record(
-                label,
-                t,
-                dict(out["metrics"]),
-                dict(
-                    fingerprint=fp,
-                    mode="rec_protocol",
-                    model_dir=model_dir,
-                    step=out["step"],
-                    wall_seconds=round(time.time() - t0, 2),
-                    seqio_task=rec_task,
-                    predictions=out.get("predictions", {}),
-                ),
+
+def _finetune_config(
+    experiment_dir,
+    label,
+    e_file,
+    group,
+    *,
+    mode,
+    mixture,
+    base_gin_files,
+    eval_gin_files,
+    bindings,
+    task_bindings,
+) -> tuple[str, list[str], list[str]]:
+    """(model_dir, gin files, gin bindings) of one fine-tuning run: one task
+    (per_task) or the group's mixture (multitask)."""
+    files = [*base_gin_files, e_file]
+    eval_name = None
+    if mode == "per_task":
+        t = group[0]
+        run_name = _safe(task_name(t))
+        if t.endswith(".gin"):
+            files.append(t)
+            cell_b = []
+        else:
+            cell_b = [f"MIXTURE_OR_TASK_NAME = {_q(t)}"]
+        extra_b = list(task_bindings.get(t, ()))
+    else:
+        train_name = mixture or _ensure_mixture(group)
+        eval_name = _ensure_mixture(group)
+        run_name = "multitask_" + _safe(train_name)
+        cell_b = [f"MIXTURE_OR_TASK_NAME = {_q(train_name)}"]
+        extra_b = []
+    model_dir = os.path.join(experiment_dir, RUNS_DIR, _safe(label), run_name)
+    all_b = [f"MODEL_DIR = {_q(model_dir)}", *cell_b, "EVAL_EVERY = 0", *bindings, *extra_b]
+    if eval_name:
+        all_b.append(f"transfer.evaluate.mixture_or_task_name = {_q(eval_name)}")
+    return model_dir, [*files, *eval_gin_files], all_b
+
+
+def _finetune_cell(grid, label, group, mode, model_dir, files, all_b, search, tf_seed) -> None:
+    """Fine-tunes and evaluates once for the group's missing cells; records each."""
+    import gin
+
+    fp = fingerprint(files, all_b, search)
+    have = {t: grid.lookup(label, task_name(t), fp) for t in group}
+    if all(rec is not None for rec in have.values()):
+        return
+    _maybe_clear_stale(model_dir, fp)
+    print(
+        f"[experiment] fine-tune {label} on {', '.join(task_name(t) for t in group)} "
+        f"({mode}) -> {model_dir}",
+        flush=True,
+    )
+    t0 = time.time()
+    _configure(files, all_b, search)
+    _seed_tf(tf_seed)
+    _write_fingerprint(model_dir, fp)
+    gin.get_configurable("transfer.train")()
+    t_train = time.time() - t0
+    step, metrics = _eval_result(gin.get_configurable("transfer.evaluate")())
+    wall = time.time() - t0
+    for t in group:
+        if have[t] is not None:
+            continue
+        key = t if mode == "multitask" else gin.query_parameter("%MIXTURE_OR_TASK_NAME")
+        m = _split_metrics(metrics, key)
+        if not m:
+            raise RuntimeError(
+                f"evaluation of {model_dir} returned no metrics for task {key!r}; "
+                f"got {sorted(metrics)}"
             )
+        extra = dict(
+            fingerprint=fp,
+            mode=mode,
+            model_dir=model_dir,
+            step=step,
+            train_seconds=round(t_train, 2),
+            wall_seconds=round(wall, 2),
+            seqio_task=key,
+            predictions=_predictions_path(model_dir, key, step),
+        )
+        grid.record(label, task_name(t), m, extra)
 
-    paths = _write_outputs(experiment_dir, title, labels, tasks, columns, cells)
-    table = json.loads(pathlib.Path(paths["json"]).read_text())
-    print(f"[experiment] table: {paths['md']}", flush=True)
-    return {"table": table, "trained": trained, "skipped": skipped, "paths": paths}
+
+def _rec_cell(grid, label, t, model_dir, files, all_b, search, tf_seed) -> None:
+    """One frozen-encoder REC protocol cell (``rec_protocol:<task>``), unless recorded."""
+    import gin
+
+    fp = fingerprint(files, all_b, search)
+    if grid.lookup(label, t, fp) is not None:
+        return
+    rec_task = t[len(REC_PREFIX) :]
+    _maybe_clear_stale(model_dir, fp)
+    print(f"[experiment] REC protocol {label} on {rec_task} -> {model_dir}", flush=True)
+    t0 = time.time()
+    _configure(files, all_b, search)
+    _seed_tf(tf_seed)
+    _write_fingerprint(model_dir, fp)
+    out = gin.get_configurable("transfer.rec_protocol")()
+    extra = dict(
+        fingerprint=fp,
+        mode="rec_protocol",
+        model_dir=model_dir,
+        step=out["step"],
+        wall_seconds=round(time.time() - t0, 2),
+        seqio_task=rec_task,
+        predictions=out.get("predictions", {}),
+    )
+    grid.record(label, t, dict(out["metrics"]), extra)
 
 
 def _short(metrics: Mapping[str, float]) -> str:
