@@ -18,6 +18,18 @@
   ``..._random_region`` (a uniformly random region of the image, as its
   expectation over the regions). The last two need the task's raw
   ``region_boxes`` feature and are left out when it is absent.
+* Where the ARef failure sits (``"loc"`` boxes only): ``aref_acc@0.5_objects{1,2,3,4+}``
+  splits the accuracy by the number of regions of the image (``..._count_...``
+  their sizes); on the first ``num_probe`` held-out examples, teacher-forced
+  (ground-truth prompt and earlier coordinates given) ``aref_tf_acc_{ymin,
+  xmin,ymax,xmax}`` (exact bin) and ``aref_tf_bin_error_*`` (mean absolute
+  bin error of the arg-max bin), and the cross-attention mass on the patches
+  that overlap the ground-truth box at the position predicting the first
+  coordinate, per decoder layer: ``aref_xattn_in_box_l{i}`` (mean over
+  heads), ``aref_xattn_in_box_max_l{i}`` (best head) and
+  ``aref_xattn_in_box_uniform`` (the mass of uniform attention: the box's
+  patch fraction). A decoder that looks at the object has mass well above
+  uniform.
 * A PNG of sample outputs in ``model_dir/samples/step_XXXXXX.png``: greedy
   captions, GCap continuations of the held-out GCap prompts (box drawn) and
   ARef predictions (predicted box red, ground truth green).
@@ -118,6 +130,8 @@ class PretrainEvaluator:
       num_mean_box_examples: training examples averaged for the mean-box
         baseline.
       num_render: examples drawn in the PNG (0: none).
+      num_probe: held-out examples of the teacher-forced box-token and
+        cross-attention probe (0: off; ``"loc"`` boxes only).
     """
 
     def __init__(
@@ -140,6 +154,7 @@ class PretrainEvaluator:
         num_render: int = 8,
         aref_eval: bool | None = None,
         caption_len: int | None = None,
+        num_probe: int = 250,
     ):
         self.model = model
         self.task = task
@@ -153,6 +168,7 @@ class PretrainEvaluator:
         self.num_render = int(num_render)
         self.aref_eval = ("aref" in self.tasks) if aref_eval is None else bool(aref_eval)
         self.caption_len = int(caption_len or self.lengths["cap"])
+        self.num_probe = int(num_probe)
 
         # Held-out examples, loaded once into host memory.
         exs = list(dataset_fn(split).take(num_examples).as_numpy_iterator())
@@ -275,6 +291,9 @@ class PretrainEvaluator:
             p = [preds[i] for i in valid]
             out.update(self.aref_scores(p, gts, valid))
             out["aref_parse_rate"] = float(np.mean([x is not None for x in p]))
+            out.update(self.aref_by_object_count(p, gts, valid))
+            if self.codec.encoding == "loc" and self.num_probe > 0:
+                out.update(self.box_token_probe(params))
         if self.model_dir and self.num_render > 0 and jax.process_index() == 0:
             try:
                 self.render(step, params, preds)
@@ -318,6 +337,78 @@ class PretrainEvaluator:
                     "aref_acc@0.5_high_random_region": hi,
                 }
             )
+        return out
+
+    def aref_by_object_count(
+        self, preds: Sequence[np.ndarray | None], gts: Sequence[np.ndarray], rows: Sequence[int]
+    ) -> dict[str, float]:
+        """Acc@0.5 split by the image's number of regions (1, 2, 3, 4+)."""
+        if self.region_boxes is None:
+            return {}
+        hits: dict[str, list[bool]] = {}
+        for p, g, i in zip(preds, gts, rows):
+            k = len(self.region_boxes[i])
+            key = f"{k}" if k < 4 else "4+"
+            hits.setdefault(key, []).append(p is not None and float(boxes_lib.iou(p, g)) >= 0.5)
+        out = {}
+        for key, h in sorted(hits.items()):
+            out[f"aref_acc@0.5_objects{key}"] = float(np.mean(h))
+            out[f"aref_count_objects{key}"] = float(len(h))
+        return out
+
+    def box_token_probe(self, params) -> dict[str, float]:
+        """Teacher-forced box-token accuracy and cross-attention on the box (see module doc)."""
+        n = min(self.num_probe, self.num_examples)
+        sp = self.vocab.tokenizer  # each location token is one piece
+        loc_ids = np.array([sp.piece_to_id(t) for t in self.codec.location_tokens()])
+        bin_of = {int(t): b for b, t in enumerate(loc_ids)}  # token id -> bin
+        images = self.data["image"][:n]
+        inputs = self.data["aref_decoder_input_tokens"][:n]  # [n, L]
+        targets = self.data["aref_decoder_target_tokens"][:n]  # [n, L]
+        logits, state = self.model.apply(
+            {"params": params},
+            locca_lib.preprocess_image(images),
+            [inputs],
+            [None],
+            method=locca_lib.LocCa.decode_tasks,
+            mutable=["intermediates"],
+        )
+        pred = np.asarray(jnp.argmax(logits[0], -1))  # [n, L]
+        attn = _cross_attention_weights(state["intermediates"])  # per layer [n, H, L, N]
+        yxyx = self.codec.order == "yxyx"
+        names = ("ymin", "xmin", "ymax", "xmax") if yxyx else ("xmin", "ymin", "xmax", "ymax")
+        acc: dict[str, list[float]] = {k: [] for k in names}
+        err: dict[str, list[float]] = {k: [] for k in names}
+        mass = [[] for _ in attn]
+        uniform = []
+        grid = int(round(np.sqrt(attn[0].shape[-1]))) if attn else 0
+        for r in range(n):
+            pos = np.flatnonzero(np.isin(targets[r], loc_ids))
+            if len(pos) != 4:
+                continue
+            gt_bins = np.array([bin_of[int(t)] for t in targets[r, pos]])  # [4] written order
+            for k, q, b in zip(names, pos, gt_bins):
+                acc[k].append(float(pred[r, q] == targets[r, q]))
+                if int(pred[r, q]) in bin_of:
+                    err[k].append(abs(bin_of[int(pred[r, q])] - float(b)))
+            if grid * grid == (attn[0].shape[-1] if attn else -1):
+                box = self.codec.dequantize(gt_bins if yxyx else gt_bins[[1, 0, 3, 2]])
+                inside = _patches_overlapping(box, grid)  # [N] bool
+                uniform.append(float(inside.mean()))
+                for layer, w in enumerate(attn):
+                    mass[layer].append(w[r, :, pos[0], :][:, inside].sum(-1))  # [H]
+        out = {}
+        for k in names:
+            if acc[k]:
+                out[f"aref_tf_acc_{k}"] = float(np.mean(acc[k]))
+            if err[k]:
+                out[f"aref_tf_bin_error_{k}"] = float(np.mean(err[k]))
+        if uniform:
+            out["aref_xattn_in_box_uniform"] = float(np.mean(uniform))
+            for layer, m in enumerate(mass):
+                per_head = np.mean(np.stack(m), axis=0)  # [H]
+                out[f"aref_xattn_in_box_l{layer}"] = float(per_head.mean())
+                out[f"aref_xattn_in_box_max_l{layer}"] = float(per_head.max())
         return out
 
     def _aref_predictions(self, params) -> list[np.ndarray | None]:
@@ -402,6 +493,25 @@ class PretrainEvaluator:
         fig.savefig(path, dpi=80)
         plt.close(fig)
         return path
+
+
+def _cross_attention_weights(intermediates: Mapping) -> list[np.ndarray]:
+    """The sown cross-attention weights [B, H, L, N] of each decoder block, in block order."""
+    out = []
+    blocks = intermediates.get("decoder", {})
+    for name in sorted(blocks, key=lambda b: int(b.rsplit("_", 1)[-1])):  # encoderblock_{i}
+        sown = blocks[name].get("CrossAttn", {}).get("attention_weights")
+        if sown:
+            out.append(np.asarray(sown[0]))
+    return out
+
+
+def _patches_overlapping(box: np.ndarray, grid: int) -> np.ndarray:
+    """[grid * grid] bool, row-major: patch cells that overlap the yxyx box (normalised)."""
+    edges = np.arange(grid + 1) / grid
+    rows = (edges[1:] > box[0]) & (edges[:-1] < box[2])  # [grid]
+    cols = (edges[1:] > box[1]) & (edges[:-1] < box[3])
+    return (rows[:, None] & cols[None, :]).reshape(-1)
 
 
 def _largest(regions: np.ndarray) -> np.ndarray:

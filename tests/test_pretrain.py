@@ -309,3 +309,70 @@ def test_unshuffled_dataset_is_deterministic(small_task):
     a, b = first(), first()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_patches_overlapping_matches_pixel_check():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        grid = int(rng.integers(2, 9))
+        y = np.sort(rng.uniform(0, 1, 2))
+        x = np.sort(rng.uniform(0, 1, 2))
+        box = np.array([y[0], x[0], y[1], x[1]])
+        got = pretrain_eval._patches_overlapping(box, grid).reshape(grid, grid)
+        # Cell by cell: a cell overlaps when both of its intervals meet the box's with
+        # positive length.
+        want = np.zeros((grid, grid), bool)
+        for i in range(grid):
+            for j in range(grid):
+                dy = min(box[2], (i + 1) / grid) - max(box[0], i / grid)
+                dx = min(box[3], (j + 1) / grid) - max(box[1], j / grid)
+                want[i, j] = dy > 0 and dx > 0
+        np.testing.assert_array_equal(got, want)
+
+
+def test_box_token_probe_uniform_attention_and_zero_head():
+    """Probe invariants: with the cross-attention queries zeroed the attention is uniform,
+    so its mass on the box equals the box's patch fraction; with the zero-initialised head
+    no location token is ever the arg-max (teacher-forced accuracy 0)."""
+    from tasks import pretrain_tasks
+
+    task = pretrain_tasks.make_shapes_pretrain_task(
+        "shapes_pretrain_test_loc32", resolution=32, num_train=16, num_validation=8,
+        num_test=8, box_encoding="loc", num_bins=32,
+    )  # fmt: skip
+    model = locca.build_model(
+        vocab_size=task.output_features["cap"].vocabulary.vocab_size,
+        encoder_config=dict(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=(8, 8)),
+        max_len=max(LENGTHS.values()),
+    )
+    params = locca.init_params(model, jax.random.PRNGKey(0), image_size=32, text_len=40)
+    for name, block in params["decoder"].items():
+        if name.startswith("encoderblock_"):
+            q = block["CrossAttn"]["query"]["kernel"]
+            block["CrossAttn"]["query"]["kernel"] = np.zeros_like(q)
+
+    def dataset_fn(split):
+        return pretrain.make_dataset(
+            task, split=split, task_feature_lengths=LENGTHS, batch_size=None,
+            image_size=32, shuffle=False, num_epochs=1,
+        )  # fmt: skip
+
+    ev = pretrain_eval.PretrainEvaluator(
+        model=model, task=task, dataset_fn=dataset_fn, task_feature_lengths=LENGTHS,
+        image_size=32, num_examples=8, batch_size=8, num_mean_box_examples=8, num_render=0,
+        box_encoding="loc", num_bins=32, num_probe=8,
+    )  # fmt: skip
+    m = ev.box_token_probe(params)
+    codec = BoxCodec("loc", 32)
+    fractions = [pretrain_eval._patches_overlapping(codec.decode(codec.encode(g)), 4).mean()
+                 for g in ev.aref_gt[:8]]  # fmt: skip
+    assert m["aref_xattn_in_box_uniform"] == pytest.approx(np.mean(fractions))
+    for layer in range(model.decoder.depth):
+        assert m[f"aref_xattn_in_box_l{layer}"] == pytest.approx(np.mean(fractions), abs=1e-5)
+        assert m[f"aref_xattn_in_box_max_l{layer}"] == pytest.approx(np.mean(fractions), abs=1e-5)
+    for k in ("ymin", "xmin", "ymax", "xmax"):
+        assert m[f"aref_tf_acc_{k}"] == 0.0
+    # Split by object count: every held-out example lands in exactly one group.
+    full = ev(0, params)
+    counts = [v for k, v in full.items() if k.startswith("aref_count_objects")]
+    assert sum(counts) == 8

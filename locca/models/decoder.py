@@ -172,7 +172,8 @@ class Attention(nn.Module):
         logits = logits.reshape((b,) + logits.shape[2:])  # [B, H, L, L_kv]
         if mask is not None:
             logits = jnp.where(mask, logits, _NEG_INF)
-        weights = jax.nn.softmax(logits, axis=-1)
+        weights = jax.nn.softmax(logits, axis=-1)  # [B, H, L, L_kv]
+        self.sow("intermediates", "attention_weights", weights)  # no-op unless mutable
         if self.dropout > 0.0:
             weights = nn.Dropout(rate=self.dropout)(weights, deterministic=deterministic)
         wg = weights.astype(v.dtype).reshape((b // b_kv, b_kv) + weights.shape[1:])
