@@ -231,19 +231,11 @@ def pretrain(
         raise ValueError("tasks must name at least one of cap, aref, gcap")
     lengths = dict(task_feature_lengths)
     task_obj = _get_task(task)
-    data_vocab = task_obj.output_features["cap"].vocabulary.vocab_size
-    if vocab_size is None:
-        vocab_size = data_vocab
-    if vocab_size < data_vocab:
-        raise ValueError(f"vocab_size {vocab_size} < the task's vocabulary size {data_vocab}")
     max_len = max(lengths[t] for t in lengths)
-    enc_cfg = dict(encoder_config)
-    if "patch_size" in enc_cfg and enc_cfg["patch_size"] is not None:
-        ps = enc_cfg["patch_size"]
-        enc_cfg["patch_size"] = (int(ps), int(ps)) if np.isscalar(ps) else tuple(ps)
-    model = locca_lib.build_model(
+    model, vocab_size = _build_model(
+        task_obj,
         vocab_size=vocab_size,
-        encoder_config=enc_cfg,
+        encoder_config=encoder_config,
         decoder_config=decoder_config,
         max_len=max_len,
         dropout=dropout,
@@ -278,28 +270,15 @@ def pretrain(
         batches = _repeat_first(batches)
     evaluators = []
     if evaluate:
-
-        def held_out(split: str):
-            return make_dataset(
-                task_obj,
-                split=split,
-                task_feature_lengths=lengths,
-                batch_size=None,
-                image_size=image_size,
-                shuffle=False,
-                num_epochs=1,
-            )
-
         evaluators.append(
-            pretrain_eval.PretrainEvaluator(
-                model=model,
-                task=task_obj,
-                dataset_fn=held_out,
-                task_feature_lengths=lengths,
+            _evaluator(
+                model,
+                task_obj,
+                lengths=lengths,
                 image_size=image_size,
                 tasks=tuple(tasks),
                 model_dir=model_dir,
-                **dict(evaluator_kwargs or {}),
+                evaluator_kwargs=evaluator_kwargs,
             )
         )
     return trainer.train(
@@ -321,6 +300,54 @@ def pretrain(
         learning_rate_fn=getattr(optimizer, "learning_rate_fn", None),
         progress=progress,
         tensorboard=tensorboard,
+    )
+
+
+def _build_model(task_obj, *, vocab_size, encoder_config, decoder_config, max_len, **kw):
+    """(the LocCa model, its vocabulary size): ``vocab_size`` None = the task's;
+    never below it. ``kw``: ``locca.build_model``'s dropout / remat / dtype_mm."""
+    data_vocab = task_obj.output_features["cap"].vocabulary.vocab_size
+    if vocab_size is None:
+        vocab_size = data_vocab
+    if vocab_size < data_vocab:
+        raise ValueError(f"vocab_size {vocab_size} < the task's vocabulary size {data_vocab}")
+    enc_cfg = dict(encoder_config)
+    if "patch_size" in enc_cfg and enc_cfg["patch_size"] is not None:
+        ps = enc_cfg["patch_size"]
+        enc_cfg["patch_size"] = (int(ps), int(ps)) if np.isscalar(ps) else tuple(ps)
+    model = locca_lib.build_model(
+        vocab_size=vocab_size,
+        encoder_config=enc_cfg,
+        decoder_config=decoder_config,
+        max_len=max_len,
+        **kw,
+    )
+    return model, vocab_size
+
+
+def _evaluator(model, task_obj, *, lengths, image_size, tasks, model_dir, evaluator_kwargs):
+    """The pretraining evaluator over the task's held-out splits (unshuffled, one epoch)."""
+
+    def held_out(split: str):
+        return make_dataset(
+            task_obj,
+            split=split,
+            task_feature_lengths=lengths,
+            batch_size=None,
+            image_size=image_size,
+            shuffle=False,
+            num_epochs=1,
+        )
+
+    return pretrain_eval.PretrainEvaluator(
+        model=model,
+        task=task_obj,
+        dataset_fn=held_out,
+        task_feature_lengths=lengths,
+        image_size=image_size,
+        tasks=tasks,
+        model_dir=model_dir,
+        **dict(evaluator_kwargs or {}),
     )
 
 
