@@ -42,6 +42,7 @@ from locca import cli, stats
 from locca.boxes import iou
 from locca.data.contact_sheet import write_contact_sheet
 from locca.data.shapes import ShapesWorld
+from locca.training import writers
 from transfer import common, experiment, pretrain
 from transfer import report as report_lib
 from transfer.gin_flags import rewrite_gin_args
@@ -292,10 +293,10 @@ def stage_transfer(
 
 
 def _read_jsonl(path: str) -> list[dict]:
+    """Records of a JSONL file ([] when missing); a torn final line is ignored."""
     if not path or not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return writers.read_jsonl(path)[0]
 
 
 def _cells(exp_dir: str) -> dict[tuple[str, str], dict]:

@@ -33,6 +33,7 @@ import numpy as np
 
 from locca.io_utils import atomic_write_json
 from locca.models import pali
+from locca.training import writers
 from transfer import common, gin_flags
 
 log = logging.getLogger("transfer.eval")
@@ -447,12 +448,17 @@ def evaluate(
         seed=seed,
     )
     out = {}
+    metrics_path = os.path.join(output_dir, "metrics.jsonl")
+    writers.drop_torn_tail(metrics_path)  # a crash mid-append must not glue two records
     for step in todo:
         params, got_step = common.restore_params(checkpoint_path, step)
         metrics = evaluator(got_step, params, frozen)
         out[got_step] = metrics
-        with open(os.path.join(output_dir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps({"step": got_step, **metrics}) + "\n")
+        fd = os.open(metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            writers.append_jsonl(fd, {"step": got_step, **metrics})
+        finally:
+            os.close(fd)
         _report_skips(output_dir, got_step)
         if export_dir:
             from tasks.exports import ExportError

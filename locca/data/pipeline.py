@@ -1,6 +1,6 @@
 """The training batch pipeline: the trainer's ``batches(start_step)`` on one or many hosts.
 
-One function, :func:`make_batches`, used by pretraining (``locca.pretrain``)
+One function, :func:`make_batches`, used by pretraining (``transfer.pretrain``)
 and transfer (``transfer.common.train_batches``). The data comes in through a
 factory (``dataset_fn``), so this module knows nothing about tasks:
 
