@@ -45,12 +45,33 @@ def _run(model_dir: str, gin_files, bindings) -> list[dict]:
     return [r for r in rows if "aref_acc@0.5" in r]
 
 
-def _fmt(r: dict, key: str = "aref_acc@0.5", suffix: str = "") -> str:
-    v = r[key + suffix] if not suffix else r[f"{key}{suffix}"]
-    lo, hi = r.get(f"{key}_low{suffix}"), r.get(f"{key}_high{suffix}")
+def _fmt(r: dict, key: str = "aref_acc@0.5") -> str:
+    """``r[key]`` in percent, with its 95% interval when the row has one."""
+    lo, hi = r.get(f"{key}_low"), r.get(f"{key}_high")
     if lo is None:
-        return f"{100 * v:5.1f}"
-    return f"{100 * v:5.1f} [{100 * lo:4.1f}, {100 * hi:4.1f}]"
+        return f"{100 * r[key]:5.1f}"
+    return f"{100 * r[key]:5.1f} [{100 * lo:4.1f}, {100 * hi:4.1f}]"
+
+
+def _where(r: dict) -> str:
+    """Where the ARef failure sits (``PretrainEvaluator`` probe metrics of one row)."""
+    parts = []
+    groups = [k[len("aref_acc@0.5_objects") :] for k in r if k.startswith("aref_acc@0.5_objects")]
+    if groups:
+        parts.append("by objects " + " ".join(
+            f"{g}:{100 * r[f'aref_acc@0.5_objects{g}']:.1f}" for g in groups))  # fmt: skip
+    coords = [c for c in ("ymin", "xmin", "ymax", "xmax") if f"aref_tf_acc_{c}" in r]
+    if coords:
+        nan = float("nan")
+        cells = [f"{c}:{100 * r[f'aref_tf_acc_{c}']:.0f}%/"
+                 f"{r.get(f'aref_tf_bin_error_{c}', nan):.1f}" for c in coords]  # fmt: skip
+        parts.append("teacher-forced exact/bin error " + " ".join(cells))
+    layers = sorted(k for k in r if k.startswith("aref_xattn_in_box_l"))
+    if layers:
+        parts.append("x-attn on box " + " ".join(
+            f"l{k[-1]}:{r[k]:.2f}(max head {r[k.replace('_l', '_max_l')]:.2f})" for k in layers
+        ) + f" vs uniform {r['aref_xattn_in_box_uniform']:.2f}")  # fmt: skip
+    return "; ".join(parts)
 
 
 def overfit(args) -> dict:
@@ -80,6 +101,7 @@ def overfit(args) -> dict:
     print(f"  training-image ARef Acc@0.5 {_fmt(last)} (target >= {100 * args.target:.0f})")
     print(f"  mean IoU {100 * last['aref_mean_iou']:.1f}, mean-box baseline "
           f"{100 * last['aref_acc@0.5_mean_box']:.1f}")  # fmt: skip
+    print("  " + _where(last))
     print("  PASS" if ok else "  FAIL: the pipeline does not memorise boxes")
     return {"kind": "overfit", "ok": ok, "seconds": time.time() - t0, "final": last}
 
@@ -111,6 +133,7 @@ def curve(args) -> dict:
             f"{100 * r.get('aref_acc@0.5_largest_region', float('nan')):5.1f} | "
             f"{100 * r.get('aref_acc@0.5_random_region', float('nan')):5.1f}"
         )
+        print("        " + _where(r))
     return {"kind": "curve", "seconds": time.time() - t0, "points": rows}
 
 
