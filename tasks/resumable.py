@@ -109,8 +109,19 @@ class ResumableTask(seqio.Task):
         )
 
     def raw_examples(self, split: str, shard_info: seqio.ShardInfo | None, seed: int):
-        """-> (the shard's raw examples as numpy dicts, their tf.data element spec)."""
+        """-> (the shard's raw examples as numpy dicts, their tf.data element spec).
+
+        A source that can list its raw examples in Python (``examples(split,
+        shuffle, seed, shard)``, as the in-memory shapes world) is read that
+        way when the task has no pre-cache preprocessor: the same examples in
+        the same order, without tf.data's per-element generator cost (about
+        1 ms an example, 12 s of a shapes VQA split's 17 s).
+        """
         ds = self.preprocess_precache(_raw_shard(self, split, shard_info), seed=seed)
+        python_examples = getattr(self.source, "examples", None)
+        if callable(python_examples) and not self.preprocessors[: self._cache_step_idx or 0]:
+            shard = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
+            return list(python_examples(split, False, None, shard)), ds.element_spec
         return list(ds.as_numpy_iterator()), ds.element_spec
 
     def indexed_stream(

@@ -220,3 +220,38 @@ def test_transfer_training_stream_claims_the_offer(task):
     with pipeline.offer_start(8) as offer:  # evaluation: seqio's stream, offer left alone
         common.model_dataset(task.name, shuffle=False, num_epochs=1, **kw)
     assert not offer.claimed
+
+
+@pytest.mark.parametrize("kind", ["vqa", "pretrain"])
+def test_raw_examples_python_path_equals_tf_path(kind):
+    """A shapes source read in Python (no pre-cache preprocessor: vqa) gives the tf.data
+    path's raw examples, in order and per shard; a task with a pre-cache filter
+    (pretrain) keeps the tf.data path. Compared after the generator's conversion to the
+    element spec, as the indexed stream feeds them."""
+    import seqio
+    import tensorflow as tf
+
+    from tasks import registry
+    from tasks.resumable import _raw_shard
+    from tasks.sources.shapes import ShapesSource
+
+    source = ShapesSource(kind, resolution=32, num_train=12, num_validation=2, num_test=2)
+    pre = [seqio.CacheDatasetPlaceholder()]
+    if kind == "pretrain":
+        from tasks import preprocessors as prep
+
+        pre = [prep.require_regions_and_caption(), seqio.CacheDatasetPlaceholder()]
+    t = registry.add_task(
+        f"shapes_{kind}_raw_path_test", source=source, preprocessors=pre,
+        output_features=registry.output_features(), metric_fns=[],
+    )  # fmt: skip
+    for shard in (None, seqio.ShardInfo(1, 3)):
+        got, spec = t.raw_examples("train", shard, seed=0)
+        want = list(t.preprocess_precache(_raw_shard(t, "train", shard)).as_numpy_iterator())
+        ds = tf.data.Dataset.from_generator(lambda got=got: iter(got), output_signature=spec)
+        got = list(ds.as_numpy_iterator())
+        assert len(got) == len(want) > 0
+        for g, w in zip(got, want):
+            assert g.keys() == w.keys()
+            for k in g:
+                np.testing.assert_array_equal(g[k], w[k], err_msg=k)
