@@ -48,29 +48,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from locca import boxes as boxes_lib
-from locca import decoding, stats
+from locca import decoding, region_text, stats
 from locca.models import decoder as decoder_lib
 from locca.models import locca as locca_lib
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PretrainEvaluator", "split_aref", "split_gcap", "mean_box"]
-
-
-def split_aref(text: str) -> tuple[str, str] | None:
-    """``"ARef : c : b"`` -> (prompt ``"ARef : c :"``, box text ``"b"``); None if malformed."""
-    head, sep, tail = text.rpartition(" : ")
-    if not sep or not head.startswith("ARef"):
-        return None
-    return head + " :", tail
-
-
-def split_gcap(text: str) -> tuple[str, str] | None:
-    """``"GCap : b : c"`` -> (prompt ``"GCap : b :"``, region text ``"c"``); None if malformed."""
-    parts = text.split(" : ", 2)
-    if len(parts) != 3 or parts[0] != "GCap":
-        return None
-    return f"{parts[0]} : {parts[1]} :", parts[2]
+__all__ = ["PretrainEvaluator", "mean_box"]
 
 
 def mean_box(box_list: Sequence[np.ndarray]) -> np.ndarray:
@@ -199,14 +183,16 @@ class PretrainEvaluator:
         # ARef prompts and ground-truth boxes from the held-out aref targets.
         self.aref_prompts, self.aref_gt = [], []
         for ids in self.data["aref_decoder_target_tokens"]:
-            parsed = split_aref(self.vocab.decode(_strip_eos(ids)))
+            parsed = region_text.split_aref(self.vocab.decode(_strip_eos(ids)))
             box = self.codec.decode(parsed[1]) if parsed else None
             self.aref_prompts.append(parsed[0] if parsed and box is not None else None)
             self.aref_gt.append(box)
         if self.aref_eval:
             train_boxes = []
             for e in dataset_fn("train").take(num_mean_box_examples).as_numpy_iterator():
-                p = split_aref(self.vocab.decode(_strip_eos(e["aref_decoder_target_tokens"])))
+                p = region_text.split_aref(
+                    self.vocab.decode(_strip_eos(e["aref_decoder_target_tokens"]))
+                )
                 b = self.codec.decode(p[1]) if p else None
                 if b is not None:
                     train_boxes.append(b)
@@ -215,7 +201,7 @@ class PretrainEvaluator:
         self._generate = jax.jit(self._generate_impl, static_argnames=("max_len", "banned"))
         # First tokens of the ARef / GCap task prefixes (banned when sampling captions).
         self.task_prefix_ids = tuple(
-            sorted({int(self.vocab.encode(p)[0]) for p in ("ARef :", "GCap :")})
+            sorted({int(self.vocab.encode(p)[0]) for p in region_text.TASK_PREFIXES})
         )
 
     # ------------------------------------------------------------------ decode
@@ -441,7 +427,7 @@ class PretrainEvaluator:
         )
         gcap_prompts, gcap_boxes = [], []
         for ids in self.data["gcap_decoder_target_tokens"][:k]:
-            parsed = split_gcap(self.vocab.decode(_strip_eos(ids)))
+            parsed = region_text.split_gcap(self.vocab.decode(_strip_eos(ids)))
             box = self.codec.decode(parsed[0]) if parsed else None
             gcap_prompts.append(parsed[0] if box is not None else None)
             gcap_boxes.append(box)
@@ -478,7 +464,7 @@ class PretrainEvaluator:
                     draw(ax, self.aref_gt[i], "lime")
                 if aref_preds[i] is not None:
                     draw(ax, aref_preds[i], "red", "--")
-            ref = (self.aref_prompts[i] or "")[len("ARef : ") : -2]
+            ref = region_text.aref_region(self.aref_prompts[i] or "")
             title = f"Cap: {captions[i]}"
             if self.aref_eval:
                 title += f"\nARef: {ref}"

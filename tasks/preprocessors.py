@@ -29,6 +29,8 @@ import zlib
 import seqio
 import tensorflow as tf
 
+from locca import region_text
+
 EXAMPLE_SEED = "_locca_seed"  # int64 [2]: the example's own stateless seed (tasks/resumable.py)
 
 CAPTION_PROMPT = "caption en"
@@ -241,8 +243,8 @@ def pretrain_format(encoding: str = "text", num_bins: int | None = None, order: 
 
             return tf.cond(n > 0, has, lambda: tf.constant(""))
 
-        ex["aref"] = _pair(seeds[1], lambda c, b: "ARef : " + c + " : " + b)
-        ex["gcap"] = _pair(seeds[2], lambda c, b: "GCap : " + b + " : " + c)
+        ex["aref"] = _pair(seeds[1], region_text.aref_text)
+        ex["gcap"] = _pair(seeds[2], lambda c, b: region_text.gcap_text(b, c))
         return ex
 
     return _fn

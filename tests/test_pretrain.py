@@ -8,8 +8,9 @@ import sys
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from locca import pretrain_eval
+from locca import pretrain_eval, region_text
 from locca.boxes import BoxCodec, iou
 from locca.models import locca
 from transfer import gin_flags, pretrain
@@ -76,14 +77,24 @@ def test_batches_deterministic_and_resumable(small_task):
 
 
 def test_split_prompts():
-    assert pretrain_eval.split_aref("ARef : small red star : 1 2 3 4") == (
+    assert region_text.split_aref("ARef : small red star : 1 2 3 4") == (
         "ARef : small red star :", "1 2 3 4"
     )  # fmt: skip
-    assert pretrain_eval.split_gcap("GCap : 1 2 3 4 : the red star") == (
+    assert region_text.split_gcap("GCap : 1 2 3 4 : the red star") == (
         "GCap : 1 2 3 4 :", "the red star"
     )  # fmt: skip
-    assert pretrain_eval.split_aref("a caption") is None
-    assert pretrain_eval.split_gcap("GCap : 1 2 3 4") is None
+    assert region_text.split_aref("a caption") is None
+    assert region_text.split_gcap("GCap : 1 2 3 4") is None
+    # One owner writes and parses: round trips, on Python strings and TF string tensors
+    # (the seqio preprocessor writes with tensors).
+    for c, b in [("large blue star", "<loc0004><loc0011><loc0011><loc0017>"), ("a", "0 1 2 3")]:
+        prompt, box = region_text.split_aref(region_text.aref_text(c, b))
+        assert box == b and region_text.aref_region(prompt) == c
+        prompt, region = region_text.split_gcap(region_text.gcap_text(b, c))
+        assert region == c and prompt == f"GCap : {b} :"
+        as_tensor = region_text.aref_text(tf.constant(c), tf.constant(b)).numpy().decode()
+        assert as_tensor == region_text.aref_text(c, b)
+    assert region_text.aref_region("GCap : 1 2 3 4 :") == ""
     np.testing.assert_allclose(pretrain_eval.mean_box([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]]),
                                [0.25, 0.25, 0.75, 0.75])  # fmt: skip
 
