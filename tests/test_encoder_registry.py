@@ -48,7 +48,13 @@ from locca.models import vit
 from transfer import gin_flags
 from transfer import train as train_lib
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_gin")]
+# One worker runs the whole module, so its compilation cache is filled once (pytest -n 2
+# --dist loadgroup).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures("clean_gin"),
+    pytest.mark.xdist_group("encoder_registry_cache"),
+]
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENCODER_FILES = sorted((REPO / "gin" / "encoders").glob("*.gin"))

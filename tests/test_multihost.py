@@ -176,6 +176,7 @@ def _check_training_equal(multi, single, job, steps):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("multihost_runs")
 def test_transfer_each_example_read_once_per_epoch_across_processes(runs):
     from locca.data.shapes import ShapesWorld
 
@@ -191,20 +192,24 @@ def test_transfer_each_example_read_once_per_epoch_across_processes(runs):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("multihost_runs")
 def test_transfer_shards_and_global_batches(runs):
     _check_shards_and_global_batches(*runs, "transfer", worker.TRANSFER_STEPS)
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("multihost_runs")
 def test_transfer_training_equals_one_process(runs):
     _check_training_equal(*runs, "transfer", worker.TRANSFER_STEPS)
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("multihost_runs")
 def test_pretrain_shards_and_global_batches(runs):
     _check_shards_and_global_batches(*runs, "pretrain", worker.PRETRAIN_STEPS)
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("multihost_runs")
 def test_pretrain_training_equals_one_process(runs):
     _check_training_equal(*runs, "pretrain", worker.PRETRAIN_STEPS)
