@@ -142,7 +142,7 @@ def test_dropout_and_remat(setup):
     def loss(p):
         return jnp.mean(m.apply({"params": p}, enc, tokens) ** 2)
 
-    g = jax.grad(loss)(params)
+    g = jax.jit(jax.grad(loss))(params)
     assert float(jnp.abs(g["encoderblock_0"]["SelfAttn"]["query"]["kernel"]).sum()) > 0
 
 

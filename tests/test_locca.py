@@ -35,6 +35,11 @@ def model_and_params():
     return model, params
 
 
+def _loss_fn(model, **kwargs):
+    """``locca.make_loss_fn``, jitted: one compiled program, not eager op-by-op dispatch."""
+    return jax.jit(locca.make_loss_fn(model, **kwargs))
+
+
 def _randomise_head(params, seed=1):
     p = jax.tree.map(lambda x: x, params)
     k = p["decoder"]["head"]["kernel"]
@@ -55,7 +60,7 @@ def test_structure_and_default_decoder_sizes(model_and_params):
 
 def test_initial_loss_is_log_vocab(model_and_params):
     model, params = model_and_params
-    loss_fn = locca.make_loss_fn(model, parallel_prob=0.5)
+    loss_fn = _loss_fn(model, parallel_prob=0.5)
     loss, aux = loss_fn(params, {}, _batch(), jax.random.PRNGKey(0))
     for t in locca.TASKS:
         np.testing.assert_allclose(float(aux[f"loss_{t}"]), math.log(V), rtol=1e-5)
@@ -125,9 +130,9 @@ def test_parallel_prediction_on_cap_only(model_and_params):
     model, params = model_and_params
     params = _randomise_head(params)
     batch = _batch(seed=5, b=64)
-    base = locca.make_loss_fn(model, parallel_prob=0.0, train=False)
+    base = _loss_fn(model, parallel_prob=0.0, train=False)
     _, aux0 = base(params, {}, batch, jax.random.PRNGKey(0))
-    fn = locca.make_loss_fn(model, parallel_prob=0.5)
+    fn = _loss_fn(model, parallel_prob=0.5)
     fracs = []
     for s in range(3):
         _, aux = fn(params, {}, batch, jax.random.PRNGKey(s))
@@ -137,9 +142,9 @@ def test_parallel_prediction_on_cap_only(model_and_params):
         np.testing.assert_allclose(float(aux["loss_gcap"]), float(aux0["loss_gcap"]), rtol=1e-5)
         assert abs(float(aux["loss_cap"]) - float(aux0["loss_cap"])) > 1e-4
     assert all(0.25 < f < 0.75 for f in fracs) and len(set(fracs)) > 1
-    _, aux1 = locca.make_loss_fn(model, parallel_prob=1.0)(params, {}, batch, jax.random.PRNGKey(0))
+    _, aux1 = _loss_fn(model, parallel_prob=1.0)(params, {}, batch, jax.random.PRNGKey(0))
     assert float(aux1["parallel_fraction"]) == 1.0
-    _, auxc = locca.make_loss_fn(model, parallel_prob=0.0)(params, {}, batch, jax.random.PRNGKey(0))
+    _, auxc = _loss_fn(model, parallel_prob=0.0)(params, {}, batch, jax.random.PRNGKey(0))
     assert float(auxc["parallel_fraction"]) == 0.0
 
 
@@ -167,13 +172,15 @@ def test_loss_falls_on_fixed_batch(model_and_params):
 
 def test_frozen_encoder_merge(model_and_params):
     model, params = model_and_params
-    loss_fn = locca.make_loss_fn(model, train=False)
+    loss_fn = _loss_fn(model, train=False)
     trainable = {"decoder": params["decoder"]}
     frozen = {"encoder": params["encoder"]}
     a, _ = loss_fn(trainable, frozen, _batch(), jax.random.PRNGKey(0))
     b, _ = loss_fn(params, {}, _batch(), jax.random.PRNGKey(0))
     np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
-    g = jax.grad(lambda p: loss_fn(p, frozen, _batch(), jax.random.PRNGKey(0))[0])(trainable)
+    g = jax.jit(jax.grad(lambda p: loss_fn(p, frozen, _batch(), jax.random.PRNGKey(0))[0]))(
+        trainable
+    )
     assert set(g) == {"decoder"}
     with pytest.raises(ValueError, match="both trainable and frozen"):
         locca.merge_params(params, {"encoder": {"embedding": {"kernel": 1}}} | {"decoder": 1})

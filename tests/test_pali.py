@@ -82,9 +82,9 @@ def test_gradients_reach_projection_not_frozen_encoder(model_and_params):
     trainable, frozen = pali.split_params(params)
     loss_fn = pali.make_loss_fn(model)
     batch = make_batch()
-    (loss, aux), (g_train, g_frozen) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-        trainable, frozen, batch, jax.random.PRNGKey(0)
-    )
+    (loss, aux), (g_train, g_frozen) = jax.jit(
+        jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+    )(trainable, frozen, batch, jax.random.PRNGKey(0))
     assert np.isfinite(loss) and aux["num_target_tokens"] == 8
     assert np.abs(g_train["img_proj"]["head"]["kernel"]).max() > 0
     assert np.abs(g_train["llm"]["token_embedder"]["embedding"]).max() > 0
@@ -93,7 +93,9 @@ def test_gradients_reach_projection_not_frozen_encoder(model_and_params):
     # ... but it does when the encoder is trainable.
     unfrozen = make_model(freeze_encoder=False)
     t_all, f_none = pali.split_params(params, freeze_encoder=False)
-    g_all = jax.grad(lambda p: pali.make_loss_fn(unfrozen)(p, f_none, batch, None)[0])(t_all)
+    g_all = jax.jit(jax.grad(lambda p: pali.make_loss_fn(unfrozen)(p, f_none, batch, None)[0]))(
+        t_all
+    )
     assert np.abs(g_all["img"]["embedding"]["kernel"]).max() > 0
 
 

@@ -352,11 +352,11 @@ def rec_protocol(
     frozen = {"encoder": encoder_params(encoder, seed=seed)}
     n_tok = (encoder.resolution // int(_patch(encoder.vit_config))) ** 2
     d_enc = int(_encoder_sizes(encoder.vit_config)["width"])
-    dec_init = decoder.init(
-        jax.random.PRNGKey(seed + 1),
-        jnp.zeros((1, n_tok, d_enc), jnp.float32),
-        jnp.zeros((1, max_len), jnp.int32),
-    )["params"]
+    dec_init = jax.jit(
+        lambda r: decoder.init(
+            r, jnp.zeros((1, n_tok, d_enc), jnp.float32), jnp.zeros((1, max_len), jnp.int32)
+        )["params"]
+    )(jax.random.PRNGKey(seed + 1))
     init = {"decoder": dec_init}  # boxed: the trainer reads the logical axes
     optimizer = optimizers.make_optimizer(
         "adamw",

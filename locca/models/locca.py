@@ -164,7 +164,9 @@ def init_params(
         image_size = (image_size, image_size)
     image = jnp.zeros((1, *image_size, 3), jnp.float32)
     tokens = jnp.zeros((1, text_len), jnp.int32)
-    params = model.init({"params": rng}, image, tokens)["params"]
+    # jit: one compiled program instead of hundreds of eagerly dispatched ops
+    # (identical models share it through the persistent compilation cache).
+    params = jax.jit(lambda r: model.init({"params": r}, image, tokens)["params"])(rng)
     return params if boxed else nn.unbox(params)
 
 
