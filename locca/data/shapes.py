@@ -24,6 +24,7 @@ Command line (locca/data/__main__.py): ``python -m locca.data export --format F
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import random
@@ -326,9 +327,32 @@ class ShapesWorld:
         return f"ShapesWorld(resolution={self.resolution}, seed={self.seed})"
 
     # ----------------------------------------------------------------- scene
+    def _params(self) -> tuple:
+        """Everything a scene depends on besides its index (the render cache key)."""
+        return (
+            self.resolution,
+            self.seed,
+            self.min_objects,
+            self.max_objects,
+            self.word_prob,
+            self.margin,
+            self.num_vqa,
+            self.jpeg_quality,
+        )
+
     def scene(self, index: int) -> Scene:
+        """Scene ``index`` (a pure function of the world's parameters and the index).
+
+        Rendering costs ~10 ms; jobs that build several tasks or runs over the same
+        world (the demo: 3 encoders x the same splits) read the same scenes again,
+        so recent scenes are kept (:func:`_cached_scene`) and each call returns its
+        own deep copy.
+        """
         if index < 0:
             raise ValueError(f"scene index must be >= 0, got {index}")
+        return copy.deepcopy(_cached_scene(self._params(), int(index)))
+
+    def _render_scene(self, index: int) -> Scene:
         rng = np.random.default_rng([self.seed, int(index)])
         img, bg_name = render.background(rng, self.resolution)
         py = random.Random(int(rng.integers(0, 2**62)))
@@ -835,3 +859,20 @@ def scene_to_jpeg(scene: Scene, quality: int = 95) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(scene.image).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=4096)  # ~25 KB a 64 px scene: ~100 MB at most
+def _cached_scene(params: tuple, index: int) -> Scene:
+    """The rendered scene of a world with these ``ShapesWorld._params()``."""
+    resolution, seed, min_objects, max_objects, word_prob, margin, num_vqa, jpeg_quality = params
+    world = ShapesWorld(
+        resolution,
+        seed,
+        min_objects=min_objects,
+        max_objects=max_objects,
+        word_prob=word_prob,
+        margin=margin,
+        num_vqa=num_vqa,
+        jpeg_quality=jpeg_quality,
+    )
+    return world._render_scene(index)
