@@ -1,6 +1,6 @@
 r"""Learning diagnostics for localisation: can the LocCa pipeline learn boxes?
 
-    python -m benchmarks.aref_diagnostics overfit [--steps 600] [--images 64]
+    python -m benchmarks.aref_diagnostics overfit [--steps 400] [--images 16]
     python -m benchmarks.aref_diagnostics curve [--steps 2000] [--points 5] [--eval 1000]
 
 Both run the toy recipe of ``gin/pretrain/locca_tiny.gin`` (plus any
@@ -11,7 +11,12 @@ point's library call and read Acc@0.5 from the run's ``metrics.jsonl``.
   ``--steps`` and scored on those same scenes (zero-shot ARef prompts of the
   training images). A pipeline that can learn boxes memorises them: the
   check passes at training Acc@0.5 >= ``--target`` (default 0.9) and exits 1
-  otherwise.
+  otherwise. Measured (2 CPU cores, batch 32): 16 scenes, 400 steps: 100%
+  (16/16, 95% interval [80.6, 100]) in 298 s. More scenes need more steps
+  than a check should take: 64 scenes reached 27% after 500 steps x 16.
+  Memorising is not localising: the 16-scene run puts 0.18 of its
+  cross-attention on the box (uniform: 0.11), so the model recalls the box
+  from the image and its text more than it reads the box off the object.
 * ``curve``: the ARef learning curve: held-out Acc@0.5 (with its 95%
   interval) and the baselines at ``--points`` evenly spaced steps.
 
@@ -142,7 +147,7 @@ def main(argv=None) -> int:
     ap.add_argument("kind", choices=("overfit", "curve"))
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--images", type=int, default=64, help="overfit: training images")
+    ap.add_argument("--images", type=int, default=16, help="overfit: training images")
     ap.add_argument("--target", type=float, default=0.9, help="overfit: Acc@0.5 to reach")
     ap.add_argument("--points", type=int, default=5, help="curve: evaluations")
     ap.add_argument("--eval", type=int, default=1000, help="curve: held-out regions")
@@ -151,7 +156,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gin_bindings", action="append", default=[])
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    args.steps = args.steps or (600 if args.kind == "overfit" else 2000)
+    args.steps = args.steps or (400 if args.kind == "overfit" else 2000)
     args.model_dir = args.model_dir or tempfile.mkdtemp(prefix=f"aref_{args.kind}_")
     res = overfit(args) if args.kind == "overfit" else curve(args)
     if args.json:
