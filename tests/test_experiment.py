@@ -166,6 +166,16 @@ def test_default_columns_and_bad_inputs(tmp_path, encoders):
     assert [c["metric"] for c in cols] == ["tally_simple", "tally_complex"]
     cols = report_lib.default_columns("rec_protocol:shapes_refexp", {"test/acc@0.5": 50.0})
     assert cols[0]["key"] == "rec_protocol:shapes_refexp/test/acc@0.5"
+    # Splits in a canonical order, whatever the order of the metric keys (a cell read
+    # back from JSON vs one just computed): validation before test, unknown ones last.
+    fresh = {"validation/acc@0.5": 1, "test/acc@0.5": 2, "extra/acc@0.5": 3}
+    for metrics in (fresh, dict(sorted(fresh.items())), dict(reversed(fresh.items()))):
+        cols = report_lib.default_columns("rec_protocol:shapes_refexp", metrics)
+        assert [c["metric"] for c in cols] == [
+            "validation/acc@0.5",
+            "test/acc@0.5",
+            "extra/acc@0.5",
+        ]
     with pytest.raises(ValueError, match="mode"):
         experiment.run_experiment(
             experiment_dir=str(tmp_path), encoders=encoders, tasks=["x"], mode="bogus"

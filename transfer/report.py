@@ -67,16 +67,23 @@ def task_label(task: str) -> str:
     return TASK_LABELS.get(task, task)
 
 
+# Column order of a task's splits (metric keys ``split/metric``); other splits follow by name.
+SPLIT_ORDER = ("", "train", "validation", "val", "minival", "test", "testA", "testB")
+
+
 def default_columns(task: str, metrics: Mapping[str, float]) -> list[dict]:
     """Columns for one task's metric dict (keys ``metric`` or ``split/metric``)."""
     cols = []
     order = list(METRIC_LABELS)
     keys = [k for k in metrics if k.rsplit("/", 1)[-1] in METRIC_LABELS]
-    # Splits (prefixes) in their order of appearance, metrics in METRIC_LABELS order.
-    prefixes = list(dict.fromkeys(k.rpartition("/")[0] for k in keys))
-    keys.sort(
-        key=lambda k: (prefixes.index(k.rpartition("/")[0]), order.index(k.rpartition("/")[2]))
-    )
+
+    # Splits (prefixes) in a canonical order (SPLIT_ORDER, then by name), metrics in
+    # METRIC_LABELS order: the same columns whether the metrics were just computed
+    # or read back from a recorded cell (whose JSON keys may come in another order).
+    def split_rank(prefix: str) -> tuple[int, str]:
+        return (SPLIT_ORDER.index(prefix) if prefix in SPLIT_ORDER else len(SPLIT_ORDER), prefix)
+
+    keys.sort(key=lambda k: (split_rank(k.rpartition("/")[0]), order.index(k.rpartition("/")[2])))
     for key in keys:
         metric = key.rsplit("/", 1)[-1]
         label, scale = METRIC_LABELS[metric]
