@@ -21,6 +21,7 @@ write ``predictions/{task}_{step}.jsonl`` and one line per checkpoint in
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -123,6 +124,28 @@ def _text(x) -> str:
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
+# Evaluation data of generated (in-memory) tasks, kept across evaluators: a job that
+# evaluates several models on the same tasks (the demo's encoders, an experiment's
+# cells) loads each split once. Keyed on the task object itself (kept alive by the
+# key) and the loading arguments; file-backed tasks are read again every time.
+_TASK_DATA_CACHE: collections.OrderedDict = collections.OrderedDict()
+_TASK_DATA_CACHE_SIZE = 32
+
+
+def load_task_data(task, **kwargs) -> _TaskData:
+    """A task split's evaluation data (``_TaskData`` keyword arguments), cached as above."""
+    if not callable(getattr(task.source, "examples", None)):
+        return _TaskData(task, **kwargs)
+    key = (task, task.name, json.dumps(kwargs, sort_keys=True, default=str))
+    if key in _TASK_DATA_CACHE:
+        _TASK_DATA_CACHE.move_to_end(key)
+        return _TASK_DATA_CACHE[key]
+    data = _TASK_DATA_CACHE[key] = _TaskData(task, **kwargs)
+    while len(_TASK_DATA_CACHE) > _TASK_DATA_CACHE_SIZE:
+        _TASK_DATA_CACHE.popitem(last=False)
+    return data
+
+
 class InferenceEvaluator:
     """Decode -> postprocess -> metric_fns on one task or mixture split.
 
@@ -189,7 +212,7 @@ class InferenceEvaluator:
         if self._data is None:
             self._data = {}
             for task in common.subtasks(self.task_name):
-                self._data[task.name] = _TaskData(
+                self._data[task.name] = load_task_data(
                     task,
                     split=self.split,
                     task_feature_lengths=self.task_feature_lengths,
@@ -288,11 +311,9 @@ def constant_baselines(
     ``{task: {"most_frequent/<metric>": v, "best_constant/<metric>": v,
     "most_frequent_text": str, ...}}``.
     """
-    import collections
-
     out = {}
     for task in common.subtasks(task_name):
-        data = _TaskData(
+        data = load_task_data(
             task,
             split=split,
             task_feature_lengths=dict(task_feature_lengths),

@@ -43,7 +43,7 @@ from locca.models import vit
 from locca.training import optimizers
 from locca.training.trainer import train as trainer_train
 from transfer import common
-from transfer.eval import _jsonable, _TaskData, write_jsonl
+from transfer.eval import _jsonable, load_task_data, write_jsonl
 
 log = logging.getLogger("transfer.rec_protocol")
 
@@ -238,7 +238,7 @@ def evaluate(
 ) -> tuple[dict[str, float], list[dict]]:
     """Greedy-decodes the boxes of one split; -> (metrics, prediction records)."""
 
-    data = _TaskData(
+    data = load_task_data(
         common.get_task(task),
         split=split,
         task_feature_lengths=task_feature_lengths,
