@@ -333,13 +333,19 @@ class _Grid:
             f"({len(self.cells)}/{n_total}): {_short(metrics)}",
             flush=True,
         )
-        self.write_outputs()
+        self.write_outputs(chart=False)  # the table so far; the PNG once, at the end
         if self.on_cell is not None:
             self.on_cell(rec)
 
-    def write_outputs(self) -> dict:
+    def write_outputs(self, chart: bool = True) -> dict:
         return _write_outputs(
-            self.experiment_dir, self.title, self.labels, self.tasks, self.columns, self.cells
+            self.experiment_dir,
+            self.title,
+            self.labels,
+            self.tasks,
+            self.columns,
+            self.cells,
+            chart=chart,
         )
 
 
@@ -508,12 +514,17 @@ def table_columns(
     return out
 
 
-def _write_outputs(experiment_dir, title, labels, tasks, columns, cells) -> dict[str, str]:
+def _write_outputs(
+    experiment_dir, title, labels, tasks, columns, cells, chart: bool = True
+) -> dict[str, str]:
+    """table.{json,md,csv} (+ table.png with ``chart``: ~1 s of matplotlib, so only
+    the finished experiment draws it, not every recorded cell)."""
     cols = table_columns(tasks, columns, cells)
     metrics = {k: v["metrics"] for k, v in cells.items()}
     table = report_lib.make_table(title, labels, cols, metrics)
     paths = report_lib.write_table(table, os.path.join(experiment_dir, "table"))
-    paths["png"] = report_lib.write_bar_chart(table, os.path.join(experiment_dir, "table.png"))
+    if chart:
+        paths["png"] = report_lib.write_bar_chart(table, os.path.join(experiment_dir, "table.png"))
     return paths
 
 
