@@ -370,7 +370,7 @@ def trivial_baselines(cells: Mapping, columns: Sequence[Mapping]) -> tuple[dict,
 _MOST_FREQUENT: dict[str, tuple[str, str]] = {}
 
 
-def _most_frequent_target(task: str, n: int = 1000) -> tuple[str, str]:
+def _most_frequent_target(task: str, n: int = 500) -> tuple[str, str]:
     """The most frequent target text among the first n training examples."""
     if task in _MOST_FREQUENT:
         return _MOST_FREQUENT[task]
