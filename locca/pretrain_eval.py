@@ -49,6 +49,7 @@ import numpy as np
 
 from locca import boxes as boxes_lib
 from locca import decoding, region_text, stats
+from locca.box_drawing import draw_box
 from locca.models import decoder as decoder_lib
 from locca.models import locca as locca_lib
 
@@ -416,7 +417,6 @@ class PretrainEvaluator:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib import patches
 
         k = min(self.num_render, self.num_examples)
         images = self.data["image"][:k]
@@ -442,14 +442,7 @@ class PretrainEvaluator:
         size = images.shape[1]
 
         def draw(ax, box, colour, style="-", label=None):
-            y0, x0, y1, x1 = np.asarray(box) * size
-            ax.add_patch(
-                patches.Rectangle(
-                    (x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=colour, lw=2, ls=style
-                )
-            )
-            if label:
-                ax.text(x0, y0 - 1, label, color=colour, fontsize=7, va="bottom", clip_on=True)
+            draw_box(ax, box, size=(size, size), colour=colour, style=style, label=label)
 
         for i in range(rows * cols):
             ax = axes[i // cols][i % cols]

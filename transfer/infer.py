@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from locca import vocab as vocab_lib
+from locca.box_drawing import draw_box
 from locca.boxes import BoxCodec
 from locca.io_utils import atomic_write_json
 from locca.models import pali
@@ -79,12 +80,9 @@ def draw_boxes(image: np.ndarray, boxes, labels, path: str, scale: int = 4) -> N
         (image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST
     )
     d = ImageDraw.Draw(im)
-    w, h = im.size
     for i, b in enumerate(boxes):
-        y0, x0, y1, x1 = (float(v) for v in b)
-        d.rectangle([x0 * w, y0 * h, x1 * w, y1 * h], outline=(255, 0, 0), width=2)
-        if labels and i < len(labels):
-            d.text((x0 * w + 2, y0 * h + 2), labels[i], fill=(255, 0, 0))
+        label = labels[i] if labels and i < len(labels) else None
+        draw_box(d, b, size=im.size, colour=(255, 0, 0), line_width=2, label=label)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     im.save(path)
 

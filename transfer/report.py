@@ -24,6 +24,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from locca.box_drawing import draw_box
+
 DECIMALS = 2
 MISSING_MD = "-"
 
@@ -295,7 +297,6 @@ def write_prediction_grid(
     colour; texts are listed under the image.
     """
     plt = _plt()
-    from matplotlib.patches import Rectangle
 
     n = max(1, len(examples))
     nc = min(ncols, n)
@@ -315,7 +316,7 @@ def write_prediction_grid(
         h, w = img.shape[:2]
         ax.imshow(img, interpolation="nearest")
         if ex.get("gt_box") is not None:
-            _rect(ax, ex["gt_box"], w, h, Rectangle, edgecolor="white", lw=2.0, ls="--")
+            draw_box(ax, ex["gt_box"], size=(w, h), colour="white", line_width=2.0, style="--")
         tax.text(
             0.0,
             1.0,
@@ -336,7 +337,7 @@ def write_prediction_grid(
         for k, e in enumerate(encoders):
             p = ex.get("preds", {}).get(e, {})
             if p.get("box") is not None:
-                _rect(ax, p["box"], w, h, Rectangle, edgecolor=ecol[e], lw=1.5)
+                draw_box(ax, p["box"], size=(w, h), colour=ecol[e], line_width=1.5)
             tax.text(
                 0.0,
                 1.0 - (k + 2) / lines,
@@ -357,14 +358,6 @@ def write_prediction_grid(
     plt.close(fig)
     os.replace(tmp, path)
     return path
-
-
-def _rect(ax, box, w, h, rectangle_cls, **kw) -> None:
-    """Draws a normalised yxyx box on an image axis of w x h pixels."""
-    y0, x0, y1, x1 = (float(v) for v in box)
-    ax.add_patch(
-        rectangle_cls((x0 * w - 0.5, y0 * h - 0.5), (x1 - x0) * w, (y1 - y0) * h, fill=False, **kw)
-    )
 
 
 def _wrap(s: str, width: int) -> str:

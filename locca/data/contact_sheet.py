@@ -15,20 +15,12 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw
 
+from locca.box_drawing import draw_box
 from locca.data import render
 from locca.data.shapes import Scene
 
 _BOX = (0, 0, 0)
 _REF = (255, 255, 255)
-
-
-def _draw_box(draw: ImageDraw.ImageDraw, box, ox, oy, size, colour, width):
-    y0, x0, y1, x1 = box
-    draw.rectangle(
-        [ox + x0 * size - 1, oy + y0 * size - 1, ox + x1 * size, oy + y1 * size],
-        outline=colour,
-        width=width,
-    )
 
 
 def make_contact_sheet(
@@ -50,14 +42,12 @@ def make_contact_sheet(
         oy = pad + (n // cols) * (tile + band + pad)
         sheet.paste(Image.fromarray(s.image).resize((tile, tile), Image.NEAREST), (ox, oy))
         for k, o in enumerate(s.objects):
-            _draw_box(draw, o.box, ox, oy, tile, _BOX, 1)
-            draw.text(
-                (ox + o.box[1] * tile + 2, oy + o.box[0] * tile + 1), str(k), fill=_BOX, font=fnt
-            )
+            draw_box(draw, o.box, size=(tile, tile), origin=(ox, oy), colour=_BOX, line_width=1,
+                     label=str(k), font=fnt)  # fmt: skip
         lines = textwrap.wrap(f"#{s.index}: {s.caption}", wrap)
         if s.refexps:
             r = s.refexps[0]
-            _draw_box(draw, r.box, ox, oy, tile, _REF, 3)
+            draw_box(draw, r.box, size=(tile, tile), origin=(ox, oy), colour=_REF, line_width=3)
             lines += textwrap.wrap(f"REF -> {r.object_index}: {r.text}", wrap)
         if s.vqa:
             q = s.vqa[0]
