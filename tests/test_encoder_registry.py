@@ -48,13 +48,7 @@ from locca.models import vit
 from transfer import gin_flags
 from transfer import train as train_lib
 
-# One worker runs the whole module, so its compilation cache is filled once (pytest -n 2
-# --dist loadgroup).
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.usefixtures("clean_gin"),
-    pytest.mark.xdist_group("encoder_registry_cache"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_gin")]
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENCODER_FILES = sorted((REPO / "gin" / "encoders").glob("*.gin"))

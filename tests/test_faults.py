@@ -440,7 +440,6 @@ def reference(tmp_path_factory):
     return d / "model", _load(d / "params.npz")
 
 
-@pytest.mark.xdist_group("faults_reference_run")
 def test_sigkill_during_checkpoint_write_resumes_bitwise(reference, tmp_path):
     model_dir, out = tmp_path / "model", tmp_path / "params.npz"
     ckpts = model_dir / "checkpoints"
@@ -476,7 +475,6 @@ def test_sigkill_during_checkpoint_write_resumes_bitwise(reference, tmp_path):
     assert not list(ckpts.glob("*orbax-checkpoint-tmp*"))
 
 
-@pytest.mark.xdist_group("faults_reference_run")
 def test_corrupted_latest_checkpoint_falls_back_with_warning(reference, tmp_path):
     model_dir, out = tmp_path / "model", tmp_path / "params.npz"
     shutil.copytree(reference[0], model_dir)
@@ -492,7 +490,6 @@ def test_corrupted_latest_checkpoint_falls_back_with_warning(reference, tmp_path
     _assert_bitwise(_load(out), reference[1])
 
 
-@pytest.mark.xdist_group("faults_reference_run")
 def test_truncated_array_file_of_latest_checkpoint_falls_back(reference, tmp_path):
     """OCDBT: the metadata of the newest step is intact but its array data file
     is cut short: detected at restore, moved aside, the previous step resumed."""
@@ -542,7 +539,6 @@ def test_torn_metrics_line_is_cut_and_ignored(tmp_path):
         read_jsonl(str(path))
 
 
-@pytest.mark.xdist_group("faults_reference_run")
 def test_no_readable_checkpoint_is_a_clear_error(reference, tmp_path):
     model_dir, out = tmp_path / "model", tmp_path / "params.npz"
     shutil.copytree(reference[0], model_dir)
@@ -556,7 +552,6 @@ def test_no_readable_checkpoint_is_a_clear_error(reference, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.xdist_group("faults_reference_run")
 def test_checkpoint_of_another_model_is_an_error_not_corruption(reference, tmp_path):
     model_dir, out = tmp_path / "model", tmp_path / "params.npz"
     shutil.copytree(reference[0], model_dir)

@@ -171,12 +171,15 @@ def _check_training_equal(multi, single, job, steps):
     np.testing.assert_allclose(got, want, rtol=2e-5, err_msg=f"{job}: loss trajectory")
     want, got = _params(single, job), _params(multi, job)
     assert sorted(got) == sorted(want)
+    # atol 5e-5: the 2-process gradient is an all-reduce of two partial sums, and Adam
+    # divides a tiny gradient (a rarely seen token's embedding row) by its own size, so
+    # float noise can reach ~1e-5 after a few steps (seen: 1.4e-5 on 1 of 73,120 entries).
+    # A data or sharding error moves parameters by a whole step (lr 3e-3), 60x more.
     for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=f"{job}: {k}")
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=5e-5, err_msg=f"{job}: {k}")
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("multihost_runs")
 def test_transfer_each_example_read_once_per_epoch_across_processes(runs):
     from locca.data.shapes import ShapesWorld
 
@@ -192,24 +195,20 @@ def test_transfer_each_example_read_once_per_epoch_across_processes(runs):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("multihost_runs")
 def test_transfer_shards_and_global_batches(runs):
     _check_shards_and_global_batches(*runs, "transfer", worker.TRANSFER_STEPS)
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("multihost_runs")
 def test_transfer_training_equals_one_process(runs):
     _check_training_equal(*runs, "transfer", worker.TRANSFER_STEPS)
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("multihost_runs")
 def test_pretrain_shards_and_global_batches(runs):
     _check_shards_and_global_batches(*runs, "pretrain", worker.PRETRAIN_STEPS)
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("multihost_runs")
 def test_pretrain_training_equals_one_process(runs):
     _check_training_equal(*runs, "pretrain", worker.PRETRAIN_STEPS)

@@ -83,7 +83,6 @@ def _assert_bitwise(a, b):
         assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), f"{k} differs"
 
 
-@pytest.mark.xdist_group("trainer_resume_reference_run")
 def test_sigkill_then_resume_is_bitwise(reference, tmp_path):
     model_dir, out = tmp_path / "model", tmp_path / "params.npz"
     cmd = _cmd(model_dir, out, "--sleep", "0.15")
@@ -117,7 +116,6 @@ def _metric_lines(model_dir) -> int:
     return len(f.read_text().splitlines()) if f.exists() else 0
 
 
-@pytest.mark.xdist_group("trainer_resume_reference_run")
 def test_sigterm_saves_and_exits_zero_then_resumes_bitwise(reference, tmp_path):
     model_dir, out = tmp_path / "model", tmp_path / "params.npz"
     cmd = _cmd(model_dir, out, "--sleep", "0.15", "--checkpoint_every", "1000")

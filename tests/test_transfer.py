@@ -222,7 +222,6 @@ def reference_run(tmp_path_factory):
     return d
 
 
-@pytest.mark.xdist_group("transfer_reference_run")
 def test_cli_train_writes_checkpoints_metrics_predictions(reference_run):
     d = reference_run
     steps = common.checkpoint_steps(str(d))
@@ -243,7 +242,6 @@ def test_cli_train_writes_checkpoints_metrics_predictions(reference_run):
     assert info["encoder"]["name"] == "locca_tiny" and info["freeze_encoder"] is True
 
 
-@pytest.mark.xdist_group("transfer_reference_run")
 def test_cli_sigkill_then_resume_is_bitwise(reference_run, tmp_path):
     model_dir = tmp_path / "model"
     cmd = _train_cmd(model_dir)
@@ -276,7 +274,6 @@ def test_cli_sigkill_then_resume_is_bitwise(reference_run, tmp_path):
 # Eval (every checkpoint) and infer, through their gin files, in-process.
 
 
-@pytest.mark.xdist_group("transfer_reference_run")
 def test_eval_every_checkpoint_and_exports(reference_run, tmp_path):
     from transfer import eval as eval_lib
 
