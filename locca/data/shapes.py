@@ -328,17 +328,11 @@ class ShapesWorld:
 
     # ----------------------------------------------------------------- scene
     def _params(self) -> tuple:
-        """Everything a scene depends on besides its index (the render cache key)."""
-        return (
-            self.resolution,
-            self.seed,
-            self.min_objects,
-            self.max_objects,
-            self.word_prob,
-            self.margin,
-            self.num_vqa,
-            self.jpeg_quality,
-        )
+        """The constructor's arguments as ``(name, value)`` pairs: everything a scene
+        depends on besides its index (the render cache key)."""
+        names = ("resolution", "seed", "min_objects", "max_objects", "word_prob", "margin",
+                 "num_vqa", "jpeg_quality")  # fmt: skip
+        return tuple((n, getattr(self, n)) for n in names)
 
     def scene(self, index: int) -> Scene:
         """Scene ``index`` (a pure function of the world's parameters and the index).
@@ -864,15 +858,4 @@ def scene_to_jpeg(scene: Scene, quality: int = 95) -> bytes:
 @functools.lru_cache(maxsize=4096)  # ~25 KB a 64 px scene: ~100 MB at most
 def _cached_scene(params: tuple, index: int) -> Scene:
     """The rendered scene of a world with these ``ShapesWorld._params()``."""
-    resolution, seed, min_objects, max_objects, word_prob, margin, num_vqa, jpeg_quality = params
-    world = ShapesWorld(
-        resolution,
-        seed,
-        min_objects=min_objects,
-        max_objects=max_objects,
-        word_prob=word_prob,
-        margin=margin,
-        num_vqa=num_vqa,
-        jpeg_quality=jpeg_quality,
-    )
-    return world._render_scene(index)
+    return ShapesWorld(**dict(params))._render_scene(index)
