@@ -27,10 +27,12 @@ reproduce: $(STAMP)
 # --dist loadfile: a module's tests run on one worker, so its module-scoped fixtures (the
 # multi-host runs, the reference CLI runs) are computed once, not once per worker.
 # (loadgroup / xdist_group does not group under pytest 9.2 + xdist 3.8: checked.)
+# --no-loadscope-reorder: modules go out in collection order, which tests/conftest.py
+# sorts longest first (xdist's own reorder sorts by number of tests).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -n 2 --dist loadfile -q --durations=25 tests
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q --durations=25 tests
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

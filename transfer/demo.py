@@ -153,8 +153,13 @@ def read_budget(gin_files: Sequence[str], bindings: Sequence[str]) -> dict:
         "REC_STEPS",
         "NUM_EVAL_EXAMPLES",
         "ZERO_SHOT_AREF",
+        "ENCODERS",
     )
     budget = {n.lower(): gin.query_parameter(f"%{n}") for n in names}
+    budget["encoders"] = tuple(budget["encoders"])
+    unknown = [e for e in budget["encoders"] if e not in ENCODERS]
+    if unknown or not budget["encoders"]:
+        raise ValueError(f"ENCODERS must be a non-empty subset of {ENCODERS}, got {unknown}")
     with gin.unlock_config():
         gin.clear_config()
     return budget
@@ -250,6 +255,8 @@ def stage_transfer(
         for k in ("bindings", "rec_bindings", "encoders", "tasks")
     }
     register_demo_tasks(kwargs["tasks"])
+    wanted = budget.get("encoders", ENCODERS)
+    kwargs["encoders"] = [e for e in kwargs["encoders"] if experiment.encoder_label(e) in wanted]
     steps, rec_steps = budget["transfer_steps"], budget["rec_steps"]
     n_eval, seed = budget["num_eval_examples"], budget["seed"]
     kwargs["bindings"] = [
@@ -696,7 +703,7 @@ def stage_report(out: str, work: str, budget: Mapping, stages: Mapping, encoders
         "",
         "## Results (this run)",
         "",
-        "Rows: the three tiny encoders pretrained with the same budget, then frozen. "
+        f"Rows: the {len(encoders)} tiny encoders pretrained with the same budget, then frozen. "
         "Transfer columns: one multi-task PaLI fine-tune per encoder (tiny T5) over the "
         "mixture of all shapes tasks, evaluated per task on "
         f"{budget['num_eval_examples']} held-out validation examples each. "
@@ -854,10 +861,11 @@ def main(argv=None) -> int:
     _configure_runtime(out)
     budget = read_budget(args.gin_file, args.gin_bindings)
     print(f"[demo] budget: {budget}", flush=True)
-    npz = {e: os.path.join(work, "pretrain", e, "encoder.npz") for e in ENCODERS}
+    encoders = budget["encoders"]
+    npz = {e: os.path.join(work, "pretrain", e, "encoder.npz") for e in encoders}
     if "pretrain" in stages:
         t0 = time.time()
-        res = stage_pretrain(work, budget)
+        res = stage_pretrain(work, budget, encoders)
         times["pretrain"] = round(time.time() - t0, 1)
         for e, s in res["seconds"].items():
             times[f"pretrain {e}"] = s
@@ -869,7 +877,7 @@ def main(argv=None) -> int:
         _banner("report")
         t0 = time.time()
         info = {"seconds": dict(times), "total_seconds": time.time() - t_start}
-        res = stage_report(out, work, budget, info)
+        res = stage_report(out, work, budget, info, encoders)
         times["report"] = round(time.time() - t0, 1)
         print(f"[demo] report: {res['report']}", flush=True)
     total = time.time() - t_start
