@@ -62,10 +62,12 @@ def make_shapes_pretrain_task(
     num_validation: int = 200,
     num_test: int = 200,
     pretrain_regions: str = "objects",
+    max_objects: int | None = None,
     **kwargs,
 ):
     """Registers a shapes-world pretraining task; ``pretrain_regions`` picks the
-    ARef/GCap regions (``tasks.sources.shapes.scene_examples``), ``kwargs`` go to
+    ARef/GCap regions (``tasks.sources.shapes.scene_examples``), ``max_objects``
+    bounds the objects per scene (1: the one-object diagnostic), ``kwargs`` go to
     :func:`make_pretrain_task` (``box_encoding``, ``num_bins``, ``box_order``)."""
     source = ShapesSource(
         "pretrain",
@@ -75,6 +77,7 @@ def make_shapes_pretrain_task(
         num_validation=num_validation,
         num_test=num_test,
         pretrain_regions=pretrain_regions,
+        max_objects=max_objects,
     )
     return make_pretrain_task(name, source, image_size=image_size or resolution, **kwargs)
 

@@ -1,4 +1,4 @@
-"""The demo: same seed -> same table (a tiny end-to-end run, twice); the
+"""The demo: same seed -> same table (a tiny run, then its LocCa part again); the
 verdict on LocCa's localisation advantage is computed from the numbers."""
 
 import json

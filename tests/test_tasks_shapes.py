@@ -12,6 +12,7 @@ from locca.data.shapes import ShapesWorld
 from tasks import preprocessors as prep
 from tasks.feature_converters import ImageTextFeatureConverter, LocCaPretrainFeatureConverter
 from tasks.shapes_tasks import SHAPES_TASKS, make_shapes_task
+from tasks.sources.shapes import ShapesSource
 
 LENGTHS = {"inputs": 32, "targets": 32}
 WORLD = ShapesWorld(resolution=64, seed=0)
@@ -201,3 +202,12 @@ def test_gin_task_files_name_registered_tasks(repo_root):
         assert name == f.stem and name in names
         assert set(gin.query_parameter("%TASK_FEATURE_LENGTHS")) == {"inputs", "targets"}
     gin.clear_config()
+
+
+def test_pretrain_source_max_objects_bounds_the_scenes():
+    """``max_objects=1``: one-object scenes (the distractor-free ARef diagnostic);
+    the default keeps ShapesWorld's multi-object scenes."""
+    one = ShapesSource("pretrain", num_train=30, max_objects=1).world()
+    default = ShapesSource("pretrain", num_train=30).world()
+    assert {len(one.scene(i).objects) for i in range(30)} == {1}
+    assert max(len(default.scene(i).objects) for i in range(30)) > 1

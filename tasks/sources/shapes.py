@@ -129,6 +129,8 @@ class ShapesSource(seqio.DataSource):
       cache_in_memory: keep generated examples in memory after the first pass
         (only when the split's images take < 1 GiB).
       pretrain_regions: kind "pretrain" only, see :func:`scene_examples`.
+      max_objects: most objects per scene (None: ``ShapesWorld``'s default;
+        1 = one-object scenes, a localisation diagnostic without distractors).
     """
 
     def __init__(
@@ -141,6 +143,7 @@ class ShapesSource(seqio.DataSource):
         num_test: int = 200,
         cache_in_memory: bool = True,
         pretrain_regions: str = "objects",
+        max_objects: int | None = None,
     ):
         if kind not in KINDS:
             raise ValueError(f"unknown shapes task kind {kind!r}; kinds: {sorted(KINDS)}")
@@ -153,6 +156,7 @@ class ShapesSource(seqio.DataSource):
                 f"pretrain_regions must be one of {PRETRAIN_REGIONS}, got {pretrain_regions!r}"
             )
         self.pretrain_regions = pretrain_regions
+        self.max_objects = max_objects
         self.ranges = {
             "train": (0, num_train),
             "validation": (num_train, num_train + num_validation),
@@ -170,7 +174,8 @@ class ShapesSource(seqio.DataSource):
     def world(self):
         from locca.data.shapes import ShapesWorld
 
-        return ShapesWorld(resolution=self.resolution, seed=self.seed)
+        extra = {} if self.max_objects is None else {"max_objects": int(self.max_objects)}
+        return ShapesWorld(resolution=self.resolution, seed=self.seed, **extra)
 
     def scene_indices(self, split: str) -> range:
         if split not in self.ranges:
