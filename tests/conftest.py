@@ -2,9 +2,17 @@
 
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent XLA compilation cache for the whole run: set here, in the xdist
+# controller, before the workers start, so both workers and every subprocess a test
+# launches (CLI runs, multi-host processes, SIGKILL victims) inherit it and compile
+# each identical program once. A fresh directory per run: nothing carries over.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="locca_tests_xla_")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest  # noqa: E402
 
