@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import shutil
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -10,8 +11,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # controller, before the workers start, so both workers and every subprocess a test
 # launches (CLI runs, multi-host processes, SIGKILL victims) inherit it and compile
 # each identical program once. A fresh directory per run: nothing carries over.
+_OWN_XLA_CACHE = None  # the directory this process created (the controller), removed at exit
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="locca_tests_xla_")
+    _OWN_XLA_CACHE = tempfile.mkdtemp(prefix="locca_tests_xla_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_XLA_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest  # noqa: E402
@@ -44,7 +47,7 @@ def clean_gin():
     gin.clear_config()
 
 
-# Longest modules first (measured seconds of one `make test`, rounded): with
+# Longest modules first (by the slowest tests of the last measured `make test` runs): with
 # `--dist loadfile --no-loadscope-reorder` xdist hands out whole modules in this
 # order, so the long ones start at once and the short ones fill the tail of
 # both workers (longest-processing-time-first scheduling). xdist's default
@@ -67,3 +70,8 @@ SLOW_MODULES_FIRST = (
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(SLOW_MODULES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+
+
+def pytest_unconfigure(config):
+    if _OWN_XLA_CACHE is not None:
+        shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)

@@ -252,11 +252,11 @@ def stage_transfer(
     experiment._configure([TRANSFER_GIN, *gin_files], [f"MODEL_DIR = {exp_dir!r}", *bindings], ())
     kwargs = {
         k: gin.query_parameter(f"transfer.run_experiment.{k}")
-        for k in ("bindings", "rec_bindings", "encoders", "tasks")
+        for k in ("bindings", "rec_bindings", "tasks")
     }
     register_demo_tasks(kwargs["tasks"])
-    wanted = budget.get("encoders", ENCODERS)
-    kwargs["encoders"] = [e for e in kwargs["encoders"] if experiment.encoder_label(e) in wanted]
+    # The rows are the budget's ENCODERS (gin/demo/demo.gin), one gin file each.
+    kwargs["encoders"] = [f"demo/encoders/{e}.gin" for e in budget["encoders"]]
     steps, rec_steps = budget["transfer_steps"], budget["rec_steps"]
     n_eval, seed = budget["num_eval_examples"], budget["seed"]
     kwargs["bindings"] = [
