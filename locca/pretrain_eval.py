@@ -37,7 +37,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -48,9 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from locca import boxes as boxes_lib
-from locca import decoding, region_text, stats
+from locca import generation, region_text, stats
 from locca.box_drawing import draw_box
-from locca.models import decoder as decoder_lib
 from locca.models import locca as locca_lib
 
 log = logging.getLogger(__name__)
@@ -63,35 +61,6 @@ def mean_box(box_list: Sequence[np.ndarray]) -> np.ndarray:
     if not len(box_list):
         raise ValueError("mean_box: no boxes")
     return np.mean(np.stack([np.asarray(b, np.float64) for b in box_list]), axis=0)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class _BanFirst:
-    """Wraps a decoder step: ``banned`` ids cannot be chosen as the first token.
-
-    Used to sample plain captions from a multi-task decoder, whose first
-    token could otherwise start an ``ARef`` / ``GCap`` sequence.
-    """
-
-    step: Any
-    banned: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
-
-    def __call__(self, tokens, cache):
-        first = cache["position"] == 0
-        logits, cache = self.step(tokens, cache)
-        ban = jnp.zeros((logits.shape[-1],), bool).at[jnp.array(self.banned)].set(True)
-        return jnp.where(first & ban[None, :], -1e9, logits), cache
-
-
-def _strip_eos(ids: np.ndarray, eos_id: int = 1) -> list[int]:
-    out = []
-    for t in ids.tolist():
-        if t == eos_id:
-            break
-        if t != 0:
-            out.append(int(t))
-    return out
 
 
 class PretrainEvaluator:
@@ -184,7 +153,7 @@ class PretrainEvaluator:
         # ARef prompts and ground-truth boxes from the held-out aref targets.
         self.aref_prompts, self.aref_gt = [], []
         for ids in self.data["aref_decoder_target_tokens"]:
-            parsed = region_text.split_aref(self.vocab.decode(_strip_eos(ids)))
+            parsed = region_text.split_aref(self.vocab.decode(generation.ids_until_eos(ids)))
             box = self.codec.decode(parsed[1]) if parsed else None
             self.aref_prompts.append(parsed[0] if parsed and box is not None else None)
             self.aref_gt.append(box)
@@ -192,7 +161,7 @@ class PretrainEvaluator:
             train_boxes = []
             for e in dataset_fn("train").take(num_mean_box_examples).as_numpy_iterator():
                 p = region_text.split_aref(
-                    self.vocab.decode(_strip_eos(e["aref_decoder_target_tokens"]))
+                    self.vocab.decode(generation.ids_until_eos(e["aref_decoder_target_tokens"]))
                 )
                 b = self.codec.decode(p[1]) if p else None
                 if b is not None:
@@ -208,17 +177,16 @@ class PretrainEvaluator:
     # ------------------------------------------------------------------ decode
     def _generate_impl(self, params, images, prefix, *, max_len: int, banned=()):
         """Greedy continuation of ``prefix`` [B, P] (0-padded) for images [B, S, S, 3]."""
-        variables = {"params": params}
         encoded = self.model.apply(
-            variables, locca_lib.preprocess_image(images), method=locca_lib.LocCa.encode
-        )
-        dec = self.model.decoder
-        cache = decoder_lib.init_cache(dec, params["decoder"], encoded, max_len)
-        step = decoder_lib.make_tokens_to_logits(dec, params["decoder"])
-        if banned:
-            step = _BanFirst(step, tuple(banned))
-        return decoding.greedy(
-            step, cache, batch_size=images.shape[0], max_len=max_len, eos_id=1, prefix=prefix
+            {"params": params}, locca_lib.preprocess_image(images), method=locca_lib.LocCa.encode
+        )  # [B, N, D]
+        return generation.greedy_continuation(
+            self.model.decoder,
+            params["decoder"],
+            encoded,
+            prefix,
+            max_len=max_len,
+            banned_first=tuple(banned),
         )
 
     def _prompt_ids(self, prompts: Sequence[str | None], width: int) -> np.ndarray:
@@ -240,18 +208,13 @@ class PretrainEvaluator:
     ):
         """Greedy continuations (text after the prompt) for each image.
 
-        ``banned``: token ids that may not be generated first (see _BanFirst).
+        ``banned``: token ids that may not be generated first.
         """
         prefix = self._prompt_ids(prompts, max_len)
         toks = self._generate(
             params, jnp.asarray(images), prefix, max_len=max_len, banned=tuple(banned)
         )
-        toks = np.asarray(toks)
-        texts = []
-        for row, pre in zip(toks, prefix):
-            n_pre = int((pre != 0).sum())
-            texts.append(self.vocab.decode(_strip_eos(row[n_pre:])))
-        return texts
+        return generation.detokenize(self.vocab, np.asarray(toks), start=(prefix != 0).sum(1))
 
     # -------------------------------------------------------------- evaluate
     def __call__(self, step: int, params, frozen_params=None) -> dict[str, float]:
@@ -272,13 +235,8 @@ class PretrainEvaluator:
 
         preds: list[np.ndarray | None] = []
         if self.aref_eval:
-            preds = self._aref_predictions(params)
-            valid = [i for i, g in enumerate(self.aref_gt) if g is not None]
-            gts = [self.aref_gt[i] for i in valid]
-            p = [preds[i] for i in valid]
-            out.update(self.aref_scores(p, gts, valid))
-            out["aref_parse_rate"] = float(np.mean([x is not None for x in p]))
-            out.update(self.aref_by_object_count(p, gts, valid))
+            aref, preds = self.zero_shot_aref(params)
+            out.update(aref)
             if self.codec.encoding == "loc" and self.num_probe > 0:
                 out.update(self.box_token_probe(params))
         if self.model_dir and self.num_render > 0 and jax.process_index() == 0:
@@ -287,6 +245,42 @@ class PretrainEvaluator:
             except Exception as e:  # a plotting failure must not kill training
                 log.warning("sample rendering failed at step %d: %s", step, e)
         return out
+
+    def zero_shot_aref(self, params) -> tuple[dict[str, float], list[np.ndarray | None]]:
+        """Greedy ARef on the held-out regions -> (``aref_*`` scores, box per example).
+
+        The one generative evaluation (``locca.generation``): the decoder
+        continues ``ARef : {text} :``; the continuation is parsed by the box
+        codec (None = unparsed, counted wrong); scored against the ground truth
+        and the trivial baselines. Examples whose target has no parseable box
+        are left out (and get None).
+        """
+        rows = [i for i, g in enumerate(self.aref_gt) if g is not None]
+        gts = [self.aref_gt[i] for i in rows]
+
+        def decode_batch(idx):
+            chosen = [rows[i] for i in idx]
+            prompts = [self.aref_prompts[i] for i in chosen]
+            return self.generate(params, self.data["image"][chosen], prompts, self.lengths["aref"])
+
+        def metrics(targets, preds):
+            out = self.aref_scores(preds, targets, rows)
+            out["aref_parse_rate"] = float(np.mean([p is not None for p in preds]))
+            out.update(self.aref_by_object_count(preds, targets, rows))
+            return out
+
+        result = generation.evaluate_generations(
+            num_examples=len(rows),
+            batch_size=self.batch_size,
+            decode_batch=decode_batch,
+            postprocess=lambda text, i: self.codec.decode(text),
+            metric_fns=[metrics],
+            targets=gts,
+        )
+        preds: list[np.ndarray | None] = [None] * self.num_examples
+        for i, p in zip(rows, result.predictions):
+            preds[i] = p
+        return result.metrics, preds
 
     def aref_scores(
         self, preds: Sequence[np.ndarray | None], gts: Sequence[np.ndarray], rows: Sequence[int]
@@ -398,18 +392,6 @@ class PretrainEvaluator:
                 out[f"aref_xattn_in_box_max_l{layer}"] = float(per_head.max())
         return out
 
-    def _aref_predictions(self, params) -> list[np.ndarray | None]:
-        preds: list[np.ndarray | None] = []
-        max_len = self.lengths["aref"]
-        for s in range(0, self.num_examples, self.batch_size):
-            prompts = self.aref_prompts[s : s + self.batch_size]
-            texts = self.generate(
-                params, self.data["image"][s : s + self.batch_size], prompts, max_len
-            )
-            for prompt, text in zip(prompts, texts):
-                preds.append(self.codec.decode(text) if prompt is not None else None)
-        return preds
-
     # ---------------------------------------------------------------- render
     def render(self, step: int, params, aref_preds: Sequence[np.ndarray | None] = ()) -> str:
         """Draws captions, GCap outputs and ARef boxes of the first examples; returns the path."""
@@ -427,7 +409,7 @@ class PretrainEvaluator:
         )
         gcap_prompts, gcap_boxes = [], []
         for ids in self.data["gcap_decoder_target_tokens"][:k]:
-            parsed = region_text.split_gcap(self.vocab.decode(_strip_eos(ids)))
+            parsed = region_text.split_gcap(self.vocab.decode(generation.ids_until_eos(ids)))
             box = self.codec.decode(parsed[0]) if parsed else None
             gcap_prompts.append(parsed[0] if box is not None else None)
             gcap_boxes.append(box)

@@ -463,20 +463,6 @@ def check_vocabulary(bundle: ModelBundle, name: str) -> None:
                 )
 
 
-def decode_tokens(vocab, tokens: np.ndarray, eos_id: int = 1) -> list[str]:
-    """[B, T] token ids -> strings, cut at the first EOS (0 = padding skipped)."""
-    out = []
-    for row in np.asarray(tokens):
-        ids = []
-        for t in row.tolist():
-            if t == eos_id:
-                break
-            if t != 0:
-                ids.append(int(t))
-        out.append(vocab.decode(ids))
-    return out
-
-
 def default_t5_config(**overrides):
     """A T5Config with overrides (convenience for tests and gin)."""
     return t5_lib.T5Config(**overrides)

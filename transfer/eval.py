@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from locca import generation
 from locca.io_utils import atomic_write_json
 from locca.models import pali
 from locca.training import writers
@@ -224,58 +225,72 @@ class InferenceEvaluator:
                 )
         return self._data
 
-    def decode_all(self, params, frozen, data: _TaskData) -> np.ndarray:
-        """Output tokens [N, max_decode_len] for every example of ``data``."""
-        n = len(data)
-        outs = []
-        rng = jax.random.PRNGKey(self.seed)
-        for start in range(0, n, self.batch_size):
-            idx = np.arange(start, start + self.batch_size)
-            idx = np.minimum(idx, n - 1)  # pad the last batch with its last example
-            batch = {k: v[idx] for k, v in data.features.items()}
-            step_rng = jax.random.fold_in(rng, start)
-            tokens = self._predict(params, frozen, batch, step_rng)
-            outs.append(np.asarray(jax.device_get(tokens))[: min(self.batch_size, n - start)])
-        if not outs:
-            return np.zeros((0, self.max_decode_len), np.int32)
-        return np.concatenate(outs, axis=0)
-
     def __call__(self, step: int, params, frozen) -> dict[str, float]:
-        vocab = None
         results: dict[str, float] = {}
+        rng = jax.random.PRNGKey(self.seed)
         for name, data in self.data.items():
             t0 = time.perf_counter()
             if not len(data):
                 log.warning("eval %s/%s: no examples", name, self.split)
                 continue
-            vocab = vocab or data.task.output_features["targets"].vocabulary
-            tokens = self.decode_all(params, frozen, data)
-            texts = common.decode_tokens(vocab, tokens)
-            preds = [
-                data.task.postprocess_fn(t, example=ex, is_target=False)
-                for t, ex in zip(texts, data.examples)
-            ]
-            for fn in data.task.predict_metric_fns:
-                _flatten_metrics(name, fn(data.targets, preds), results)
+            vocab = data.task.output_features["targets"].vocabulary
+
+            def decode_batch(idx, data=data, vocab=vocab):
+                batch = {k: v[idx] for k, v in data.features.items()}
+                step_rng = jax.random.fold_in(rng, int(idx[0]))  # batch start: seeded per batch
+                tokens = self._predict(params, frozen, batch, step_rng)  # [B, max_decode_len]
+                return generation.detokenize(vocab, np.asarray(jax.device_get(tokens)))
+
+            metrics, records = score_task(data, decode_batch, batch_size=self.batch_size)
+            results.update({f"{name}/{k}": v for k, v in metrics.items()})
             results[f"{name}/eval_seconds"] = time.perf_counter() - t0
-            records = [
-                {
-                    "index": i,
-                    "inputs": _text(ex.get("inputs_pretokenized", b"")),
-                    "prediction": text,
-                    "postprocessed": _jsonable(pred),
-                    "target": _jsonable(tgt),
-                    **{k: _jsonable(ex[k]) for k in _META_KEYS if k in ex},
-                }
-                for i, (text, pred, tgt, ex) in enumerate(
-                    zip(texts, preds, data.targets, data.examples)
-                )
-            ]
             self.last_predictions[name] = records
             if self.predictions_dir and jax.process_index() == 0:
                 write_jsonl(os.path.join(self.predictions_dir, f"{name}_{step}.jsonl"), records)
         log.info("eval step %d: %s", step, results)
         return results
+
+
+def score_task(
+    data: _TaskData, decode_batch, *, batch_size: int
+) -> tuple[dict[str, float], list[dict]]:
+    """The one generative evaluation of a seqio task split: decode -> postprocess -> metric.
+
+    ``decode_batch(indices [B]) -> B texts`` is the pluggable decode function
+    (PaLI decoding in :class:`InferenceEvaluator`, the REC protocol's decoder
+    continuing the prompt in ``transfer.rec_protocol``); the loop is
+    ``locca.generation.evaluate_generations``. Returns the task's metrics
+    (flattened to ``"a/b"`` names, floats) and one prediction record per
+    example (index, inputs, raw prediction, postprocessed prediction, target,
+    and the example's metadata keys).
+    """
+    result = generation.evaluate_generations(
+        num_examples=len(data),
+        batch_size=batch_size,
+        decode_batch=decode_batch,
+        postprocess=lambda text, i: data.task.postprocess_fn(
+            text, example=data.examples[i], is_target=False
+        ),
+        metric_fns=data.task.predict_metric_fns,
+        targets=data.targets,
+    )
+    metrics: dict[str, float] = {}
+    for k, v in result.metrics.items():
+        _flatten_metrics(k, v, metrics)
+    records = [
+        {
+            "index": i,
+            "inputs": _text(ex.get("inputs_pretokenized", b"")),
+            "prediction": text,
+            "postprocessed": _jsonable(pred),
+            "target": _jsonable(tgt),
+            **{k: _jsonable(ex[k]) for k in _META_KEYS if k in ex},
+        }
+        for i, (text, pred, tgt, ex) in enumerate(
+            zip(result.texts, result.predictions, data.targets, data.examples)
+        )
+    ]
+    return metrics, records
 
 
 def write_jsonl(path: str, records: Sequence[Mapping]) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
+from locca import generation
 from locca import vocab as vocab_lib
 from locca.box_drawing import draw_box
 from locca.boxes import BoxCodec
@@ -162,7 +163,7 @@ def infer(
         }
         fn = pali.make_predict_fn(bundle.model, **decode_kw)
         tokens = np.asarray(fn(trainable, frozen, batch, jax.random.PRNGKey(seed)))
-        text = common.decode_tokens(_vocabulary(), tokens)[0]
+        text = generation.detokenize(_vocabulary(), tokens)[0]
         boxes = _find_boxes(text, codec)
         record = {
             "image": image,

@@ -18,9 +18,11 @@ ending with EOS) is teacher-forced as a decoder prefix and the box text
     decoder input = [0] ++ sequence[:-1]      (BOS = 0, T5 convention)
     loss weight   = 1 on the box tokens only
 
-At evaluation the prompt is forced through ``locca.decoding.greedy(prefix=)``
+At evaluation the prompt is forced (``locca.generation.greedy_continuation``)
 and the tokens after it are decoded, parsed by the task's postprocessor
-(the box codec) and scored by the task's metric (Acc@0.5, mean IoU).
+(the box codec) and scored by the task's metric (Acc@0.5, mean IoU): the
+one generative evaluation, ``transfer.eval.score_task``, with this decoder
+as its decode function.
 """
 
 from __future__ import annotations
@@ -36,14 +38,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from checkpoints import bv_npz
-from locca import decoding, losses
+from locca import generation, losses
 from locca.io_utils import atomic_write_json
 from locca.models import decoder as decoder_lib
 from locca.models import vit
 from locca.training import optimizers
 from locca.training.trainer import train as trainer_train
 from transfer import common
-from transfer.eval import _jsonable, load_task_data, write_jsonl
+from transfer.eval import load_task_data, score_task, write_jsonl
 
 log = logging.getLogger("transfer.rec_protocol")
 
@@ -201,11 +203,9 @@ def make_predict_fn(spec: common.EncoderSpec, decoder: decoder_lib.Decoder, max_
 
     @jax.jit
     def predict(params, frozen, image, prefix):
-        encoded = encode(frozen, image)
-        cache = decoder_lib.init_cache(decoder, params["decoder"], encoded, max_len)
-        step = decoder_lib.make_tokens_to_logits(decoder, params["decoder"])
-        return decoding.greedy(
-            step, cache, batch_size=image.shape[0], max_len=max_len, eos_id=1, prefix=prefix
+        encoded = encode(frozen, image)  # [B, N, D]
+        return generation.greedy_continuation(
+            decoder, params["decoder"], encoded, prefix, max_len=max_len
         )
 
     return predict
@@ -245,40 +245,20 @@ def evaluate(
         image_size=spec.resolution,
         num_examples=num_examples,
     )
-    n = len(data)
-    if not n:
+    if not len(data):
         raise ValueError(f"REC protocol: {task}/{split} has no examples")
     max_len = decoder.max_len
     predict = make_predict_fn(spec, decoder, max_len)
     vocab = data.task.output_features["targets"].vocabulary
-    texts, prompts = [], []
-    for start in range(0, n, batch_size):
-        idx = np.minimum(np.arange(start, start + batch_size), n - 1)
-        prompt = data.features["encoder_input_tokens"][idx]  # [B, Li]
-        plen = (prompt != 0).sum(axis=1)
+
+    def decode_batch(idx):
+        prompt = data.features["encoder_input_tokens"][idx]  # [B, Li], EOS-terminated
         prefix = np.zeros((len(idx), max_len), np.int32)
         prefix[:, : prompt.shape[1]] = prompt[:, :max_len]
         tokens = np.asarray(predict(params, frozen, data.features["image"][idx], prefix))
-        for row, p in list(zip(tokens, plen))[: min(batch_size, n - start)]:
-            texts.append(common.decode_tokens(vocab, row[p:][None])[0])
-            prompts.append(int(p))
-    preds = [
-        data.task.postprocess_fn(t, example=ex, is_target=False)
-        for t, ex in zip(texts, data.examples)
-    ]
-    metrics: dict[str, float] = {}
-    for fn in data.task.predict_metric_fns:
-        metrics.update({k: float(v) for k, v in fn(data.targets, preds).items()})
-    records = [
-        {
-            "index": i,
-            "inputs": ex.get("inputs_pretokenized", b"").decode("utf-8"),
-            "prediction": text,
-            "postprocessed": _jsonable(pred),
-            "target": _jsonable(tgt),
-        }
-        for i, (text, pred, tgt, ex) in enumerate(zip(texts, preds, data.targets, data.examples))
-    ]
+        return generation.detokenize(vocab, tokens, start=(prompt != 0).sum(axis=1))
+
+    metrics, records = score_task(data, decode_batch, batch_size=batch_size)
     if predictions_path:
         write_jsonl(predictions_path, records)
     return metrics, records
