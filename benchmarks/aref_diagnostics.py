@@ -61,10 +61,14 @@ def _fmt(r: dict, key: str = "aref_acc@0.5") -> str:
 def _where(r: dict) -> str:
     """Where the ARef failure sits (``PretrainEvaluator`` probe metrics of one row)."""
     parts = []
-    groups = [k[len("aref_acc@0.5_objects") :] for k in r if k.startswith("aref_acc@0.5_objects")]
+    groups = [k[len("aref_count_objects") :] for k in r if k.startswith("aref_count_objects")]
     if groups:
-        parts.append("by objects " + " ".join(
-            f"{g}:{100 * r[f'aref_acc@0.5_objects{g}']:.1f}" for g in groups))  # fmt: skip
+        parts.append("by objects (n; Acc@0.5 / largest / random region) " + " ".join(
+            f"{g} ({r[f'aref_count_objects{g}']:.0f}; "
+            f"{100 * r[f'aref_acc@0.5_objects{g}']:.1f}/"
+            f"{100 * r.get(f'aref_acc@0.5_objects{g}_largest_region', float('nan')):.1f}/"
+            f"{100 * r.get(f'aref_acc@0.5_objects{g}_random_region', float('nan')):.1f})"
+            for g in groups))  # fmt: skip
     coords = [c for c in ("ymin", "xmin", "ymax", "xmax") if f"aref_tf_acc_{c}" in r]
     if coords:
         nan = float("nan")

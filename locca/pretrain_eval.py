@@ -323,18 +323,30 @@ class PretrainEvaluator:
     def aref_by_object_count(
         self, preds: Sequence[np.ndarray | None], gts: Sequence[np.ndarray], rows: Sequence[int]
     ) -> dict[str, float]:
-        """Acc@0.5 split by the image's number of regions (1, 2, 3, 4+)."""
+        """Acc@0.5 split by the image's number of regions (1, 2, 3, 4+), with the
+        largest-region and random-region baselines of the same group (fractions).
+
+        ``aref_acc@0.5_objects{g}``, ``aref_count_objects{g}``,
+        ``aref_acc@0.5_objects{g}_largest_region``, ``aref_acc@0.5_objects{g}_random_region``.
+        """
         if self.region_boxes is None:
             return {}
-        hits: dict[str, list[bool]] = {}
+        groups: dict[str, list[tuple[float, float, float]]] = {}
         for p, g, i in zip(preds, gts, rows):
-            k = len(self.region_boxes[i])
+            regions = self.region_boxes[i]
+            k = len(regions)
             key = f"{k}" if k < 4 else "4+"
-            hits.setdefault(key, []).append(p is not None and float(boxes_lib.iou(p, g)) >= 0.5)
+            hit = p is not None and float(boxes_lib.iou(p, g)) >= 0.5
+            largest = float(boxes_lib.iou(_largest(regions), g)) >= 0.5 if k else False
+            rand = float(np.mean(boxes_lib.iou(regions, g[None, :]) >= 0.5)) if k else 0.0
+            groups.setdefault(key, []).append((float(hit), float(largest), rand))
         out = {}
-        for key, h in sorted(hits.items()):
-            out[f"aref_acc@0.5_objects{key}"] = float(np.mean(h))
-            out[f"aref_count_objects{key}"] = float(len(h))
+        for key, vals in sorted(groups.items()):
+            hit, largest, rand = np.mean(np.asarray(vals), axis=0)
+            out[f"aref_acc@0.5_objects{key}"] = float(hit)
+            out[f"aref_count_objects{key}"] = float(len(vals))
+            out[f"aref_acc@0.5_objects{key}_largest_region"] = float(largest)
+            out[f"aref_acc@0.5_objects{key}_random_region"] = float(rand)
         return out
 
     def box_token_probe(self, params) -> dict[str, float]:

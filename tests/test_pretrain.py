@@ -387,3 +387,10 @@ def test_box_token_probe_uniform_attention_and_zero_head():
     full = ev(0, params)
     counts = [v for k, v in full.items() if k.startswith("aref_count_objects")]
     assert sum(counts) == 8
+    # ... and the groups' baselines, weighted by their sizes, are the overall ones.
+    groups = [k[len("aref_count_objects") :] for k in full if k.startswith("aref_count_objects")]
+    for base in ("largest_region", "random_region"):
+        weighted = sum(
+            full[f"aref_count_objects{g}"] * full[f"aref_acc@0.5_objects{g}_{base}"] for g in groups
+        )
+        assert weighted / 8 == pytest.approx(full[f"aref_acc@0.5_{base}"])
