@@ -110,3 +110,17 @@ def test_same_seed_same_table(tmp_path):
     assert demo.main([*argv, "--resume", "--stages", "transfer,report"]) == 0
     assert len(list((work / "transfer" / "cells").glob("locca__*.json"))) == 3
     assert (out / "table.json").read_text() == table
+
+
+def test_budgets_parse_and_reproduce_is_larger():
+    """gin/demo/demo.gin and gin/demo/reproduce.gin give complete budgets; the
+    reproduction trains every encoder longer on the recipe's 20,000 scenes."""
+    demo_budget = demo.read_budget([], [])
+    repro = demo.read_budget(["demo/reproduce.gin"], [])
+    assert demo_budget["encoders"] == repro["encoders"] == ("cap", "cappa", "locca")
+    assert demo_budget["pretrain_scenes"] == 2000 and repro["pretrain_scenes"] == 20000
+    for key in ("pretrain_steps", "transfer_steps", "rec_steps", "num_eval_examples"):
+        assert repro[key] > demo_budget[key], key
+    assert repro["zero_shot_aref"] and not demo_budget["zero_shot_aref"]
+    with pytest.raises(ValueError, match="ENCODERS"):
+        demo.read_budget([], ["ENCODERS = ['cap', 'nope']"])

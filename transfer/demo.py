@@ -149,6 +149,7 @@ def read_budget(gin_files: Sequence[str], bindings: Sequence[str]) -> dict:
         "SEED",
         "PRETRAIN_STEPS",
         "PRETRAIN_BATCH_SIZE",
+        "PRETRAIN_SCENES",
         "TRANSFER_STEPS",
         "REC_STEPS",
         "NUM_EVAL_EXAMPLES",
@@ -185,6 +186,7 @@ def _seed_everything(seed: int) -> None:
 def stage_pretrain(work: str, budget: Mapping, encoders: Sequence[str] = ENCODERS) -> dict:
     """Pretrains each encoder with the same budget and exports it; -> npz paths."""
     steps, bs, seed = budget["pretrain_steps"], budget["pretrain_batch_size"], budget["seed"]
+    scenes = int(budget["pretrain_scenes"])
     zero_shot = bool(budget.get("zero_shot_aref"))
     out, times = {}, {}
     for i, name in enumerate(encoders):
@@ -202,6 +204,9 @@ def stage_pretrain(work: str, budget: Mapping, encoders: Sequence[str] = ENCODER
                     f"MODEL_DIR = {model_dir!r}",
                     f"TRAIN_STEPS = {steps}",
                     f"BATCH_SIZE = {bs}",
+                    f"tasks.make_shapes_pretrain_task.num_train = {scenes}",
+                    # Registered tasks are looked up by name: the name carries the size.
+                    f"tasks.make_shapes_pretrain_task.name = 'shapes_pretrain_demo_{scenes}'",
                     f"transfer.make_optimizer.warmup_steps = {_warmup(steps)}",
                     f"transfer.pretrain.seed = {seed}",
                     f"transfer.pretrain.data_seed = {seed}",
@@ -756,7 +761,8 @@ def stage_report(out: str, work: str, budget: Mapping, stages: Mapping, encoders
         "",
         f"- Pretraining (`transfer.pretrain`, gin/demo/pretrain_{{cap,cappa,locca}}.gin over "
         f"gin/pretrain/*_tiny.gin): {budget['pretrain_steps']} steps x batch "
-        f"{budget['pretrain_batch_size']} each; Cap = caption only, CapPa = caption with "
+        f"{budget['pretrain_batch_size']} each, on the same {budget['pretrain_scenes']} "
+        "training scenes; Cap = caption only, CapPa = caption with "
         "parallel prediction (p = 0.75), LocCa = Cap + ARef + GCap (parallel p = 0.5 on Cap). "
         "Final training loss: "
         + ", ".join(
