@@ -71,40 +71,53 @@ def test_detokenize_skips_prompt_and_stops_at_eos():
     assert generation.ids_until_eos([0, 3, 0, 2, 1, 5]) == [3, 2]
 
 
-def _tiny_decoder():
+@pytest.fixture(scope="module")
+def tiny_decoder():
+    """A random 2-layer decoder (initialised once per module), its params, image tokens."""
     dec = decoder_lib.Decoder(vocab_size=11, width=16, depth=2, num_heads=2, mlp_dim=32, max_len=8)
     encoded = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 16))  # [B, N, D]
-    params = dec.init(jax.random.PRNGKey(0), encoded, jnp.zeros((3, 8), jnp.int32))["params"]
-    # Non-zero head so the argmax is not a tie at init.
-    params = jax.tree.map(
-        lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(2), x.shape), params
-    )
-    return dec, params, encoded
+
+    @jax.jit
+    def init(rng):
+        params = dec.init(rng, encoded, jnp.zeros((3, 8), jnp.int32))["params"]
+        # Perturbed (the output head starts at zero) so that the argmax is not a tie.
+        leaves, tree = jax.tree.flatten(params)
+        keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+        noisy = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+        return jax.tree.unflatten(tree, noisy)
+
+    return dec, init(jax.random.PRNGKey(0)), encoded
 
 
-def test_greedy_continuation_equals_argmax_of_full_forward_passes():
+def test_greedy_continuation_equals_argmax_of_full_forward_passes(tiny_decoder):
     """Cached greedy after a forced prompt == re-running the whole sequence each step."""
-    dec, params, encoded = _tiny_decoder()
+    dec, params, encoded = tiny_decoder
     prefix = np.array([[4, 5, 1, 0, 0, 0, 0, 0], [7, 1, 0, 0, 0, 0, 0, 0], [0] * 8], np.int32)
-    out = np.asarray(
-        generation.greedy_continuation(dec, params, encoded, prefix, max_len=8, eos_id=None)
+    continuation = jax.jit(
+        lambda p, e, x: generation.greedy_continuation(dec, p, e, x, max_len=8, eos_id=None)
     )
+    out = np.asarray(continuation(params, encoded, prefix))
+    forward = jax.jit(lambda enc, inp: dec.apply({"params": params}, enc, inp))  # one shape
     for b in range(3):
         n = int((prefix[b] != 0).sum())
         seq = list(prefix[b, :n])
         while len(seq) < 8:
             inp = jnp.array([[0] + seq + [0] * (7 - len(seq))], jnp.int32)  # BOS-shifted
-            logits = dec.apply({"params": params}, encoded[b : b + 1], inp)  # [1, 8, V]
+            logits = forward(encoded[b : b + 1], inp)  # [1, 8, V]
             seq.append(int(jnp.argmax(logits[0, len(seq)])))
         np.testing.assert_array_equal(out[b], seq)
 
 
-def test_greedy_continuation_bans_first_tokens():
-    dec, params, encoded = _tiny_decoder()
+def test_greedy_continuation_bans_first_tokens(tiny_decoder):
+    dec, params, encoded = tiny_decoder
     empty = np.zeros((3, 8), np.int32)
-    free = np.asarray(generation.greedy_continuation(dec, params, encoded, empty, max_len=8))
-    banned = tuple(sorted(set(free[:, 0].tolist())))
-    out = np.asarray(
-        generation.greedy_continuation(dec, params, encoded, empty, max_len=8, banned_first=banned)
+    greedy = jax.jit(
+        lambda banned: generation.greedy_continuation(
+            dec, params, encoded, empty, max_len=8, banned_first=banned
+        ),
+        static_argnums=0,
     )
+    free = np.asarray(greedy(()))
+    banned = tuple(sorted(set(free[:, 0].tolist())))
+    out = np.asarray(greedy(banned))
     assert not set(out[:, 0].tolist()) & set(banned)
