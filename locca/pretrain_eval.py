@@ -306,11 +306,7 @@ class PretrainEvaluator:
             # A uniformly random region of the image: its expected hit rate per
             # example, averaged; the interval treats each example's expectation
             # as one observation.
-            hit = [
-                float(np.mean(boxes_lib.iou(r, g[None, :]) >= 0.5)) if len(r) else 0.0
-                for r, g in zip(regions, gts)
-            ]
-            m, lo, hi = stats.mean_ci(hit)
+            m, lo, hi = stats.mean_ci([_random_region_hit(r, g) for r, g in zip(regions, gts)])
             out.update(
                 {
                     "aref_acc@0.5_random_region": m,
@@ -337,9 +333,10 @@ class PretrainEvaluator:
             k = len(regions)
             key = f"{k}" if k < 4 else "4+"
             hit = p is not None and float(boxes_lib.iou(p, g)) >= 0.5
-            largest = float(boxes_lib.iou(_largest(regions), g)) >= 0.5 if k else False
-            rand = float(np.mean(boxes_lib.iou(regions, g[None, :]) >= 0.5)) if k else 0.0
-            groups.setdefault(key, []).append((float(hit), float(largest), rand))
+            largest = float(boxes_lib.iou(_largest(regions), g)) >= 0.5
+            groups.setdefault(key, []).append(
+                (float(hit), float(largest), _random_region_hit(regions, g))
+            )
         out = {}
         for key, vals in sorted(groups.items()):
             hit, largest, rand = np.mean(np.asarray(vals), axis=0)
@@ -485,6 +482,13 @@ def _patches_overlapping(box: np.ndarray, grid: int) -> np.ndarray:
     rows = (edges[1:] > box[0]) & (edges[:-1] < box[2])  # [grid]
     cols = (edges[1:] > box[1]) & (edges[:-1] < box[3])
     return (rows[:, None] & cols[None, :]).reshape(-1)
+
+
+def _random_region_hit(regions: np.ndarray, gt: np.ndarray) -> float:
+    """Expected Acc@0.5 hit of a uniformly random region of [R, 4] against ``gt`` (0 if R = 0)."""
+    if not len(regions):
+        return 0.0
+    return float(np.mean(boxes_lib.iou(regions, gt[None, :]) >= 0.5))
 
 
 def _largest(regions: np.ndarray) -> np.ndarray:
