@@ -120,9 +120,16 @@ def make_task(
     num_bins: int | None = None,
     box_order: str = "yxyx",
     vocabulary=None,
+    source_config: dict,
 ):
+    """Registers (idempotently) a `kind` task over `source`; source_config: the
+    factory arguments that define the source (compared on re-registration,
+    see tasks.registry.add_task)."""
+    config = dict(source_config, kind=kind, image_size=image_size, box_encoding=box_encoding,
+                  num_bins=num_bins, box_order=box_order, vocabulary=vocabulary)  # fmt: skip
     return registry.add_task(
         name,
+        config=config,
         source=source,
         preprocessors=registry.text_preprocessors(
             image_size, format_for(kind, box_encoding, num_bins, box_order)
@@ -143,6 +150,7 @@ def _task_kwargs(kw):
 
 def make_coco_captions_task(name="coco_captions", *, karpathy=True, year=2014, **kw):
     tk = _task_kwargs(kw)
+    tk["source_config"] = dict(kw, factory="coco_captions", karpathy=karpathy, year=year)
     if karpathy:
         splits = ("train", "validation", "test", "restval")
         src = make_source(name, "coco", coco.karpathy_records, splits, "caption", **kw)
@@ -154,6 +162,7 @@ def make_coco_captions_task(name="coco_captions", *, karpathy=True, year=2014, *
 
 def make_vqav2_task(name="vqav2", **kw):
     tk = _task_kwargs(kw)
+    tk["source_config"] = dict(kw, factory="vqav2")
     src = make_source(
         name, "vqav2", vqa.vqav2_records, vqa.VQAV2_SPLITS, "vqa", coco_images="all", **kw
     )
@@ -162,6 +171,7 @@ def make_vqav2_task(name="vqav2", **kw):
 
 def make_okvqa_task(name="okvqa", **kw):
     tk = _task_kwargs(kw)
+    tk["source_config"] = dict(kw, factory="okvqa")
     src = make_source(
         name, "okvqa", vqa.okvqa_records, vqa.OKVQA_SPLITS, "vqa", coco_images="all", **kw
     )
@@ -170,6 +180,7 @@ def make_okvqa_task(name="okvqa", **kw):
 
 def make_textvqa_task(name="textvqa", **kw):
     tk = _task_kwargs(kw)
+    tk["source_config"] = dict(kw, factory="textvqa")
     splits = tuple(text_count.TEXTVQA_SPLITS)
     src = make_source(name, "textvqa", text_count.textvqa_records, splits, "textvqa", **kw)
     return make_task(name, src, "textvqa", **tk)
@@ -177,6 +188,7 @@ def make_textvqa_task(name="textvqa", **kw):
 
 def make_stvqa_task(name="stvqa", *, val_fraction=text_count.STVQA_VAL_FRACTION, **kw):
     tk = _task_kwargs(kw)
+    tk["source_config"] = dict(kw, factory="stvqa", val_fraction=val_fraction)
     reader = functools.partial(text_count.stvqa_records, val_fraction=val_fraction)
     src = make_source(name, "stvqa", reader, text_count.STVQA_SPLITS, "textvqa", **kw)
     return make_task(name, src, "stvqa", **tk)
@@ -184,6 +196,7 @@ def make_stvqa_task(name="stvqa", *, val_fraction=text_count.STVQA_VAL_FRACTION,
 
 def make_tallyqa_task(name="tallyqa", **kw):
     tk = _task_kwargs(kw)
+    tk["source_config"] = dict(kw, factory="tallyqa")
     src = make_source(name, "tallyqa", text_count.tallyqa_records, text_count.TALLY_SPLITS,
                       "tally", coco_images="part", **kw)  # fmt: skip
     return make_task(name, src, "tally", **tk)
@@ -191,6 +204,7 @@ def make_tallyqa_task(name="tallyqa", **kw):
 
 def make_refcoco_task(name="refcoco", *, dataset="refcoco", partition=None, **kw):
     tk = _task_kwargs(kw)
+    tk["source_config"] = dict(kw, factory="refcoco", dataset=dataset, partition=partition)
     folder, default_part = refcoco.DATASETS[dataset]
     part = partition or default_part
     splits = tuple("validation" if s == "val" else s for s in refcoco.PARTITION_SPLITS[part])
@@ -204,7 +218,8 @@ def make_refcoco_task(name="refcoco", *, dataset="refcoco", partition=None, **kw
 
 def make_coco_captions_tfds_task(name="coco_captions_tfds", *, data_dir=None, **kw):
     src = tfds_sources.coco_captions_source(lambda: registry.resolve_data_dir("tfds", data_dir))
-    return make_task(name, src, "caption", **kw)
+    source_config = dict(factory="coco_captions_tfds", data_dir=data_dir)
+    return make_task(name, src, "caption", source_config=source_config, **kw)
 
 
 def make_refcoco_tfds_task(name="refcoco_tfds", *, config="refcoco_unc", data_dir=None, **kw):
@@ -216,7 +231,8 @@ def make_refcoco_tfds_task(name="refcoco_tfds", *, config="refcoco_unc", data_di
     src = tfds_sources.ref_coco_source(
         lambda: registry.resolve_data_dir("tfds", data_dir), config, splits
     )
-    return make_task(name, src, "refexp", **kw)
+    source_config = dict(factory="refcoco_tfds", config=config, data_dir=data_dir)
+    return make_task(name, src, "refexp", source_config=source_config, **kw)
 
 
 # ------------------------------------------------------------------ pretraining
@@ -225,23 +241,23 @@ def make_refcoco_tfds_task(name="refcoco_tfds", *, config="refcoco_unc", data_di
 _SOURCE_KW = ("data_dir", "image_dir", "skip_missing_images", "coco_image_dir")
 
 
-def _pretrain(name, source, kw):
+def _pretrain(name, source, kw, source_config):
     tk = _task_kwargs(kw)
     tk.setdefault("image_size", DEFAULT_IMAGE_SIZE)
-    return make_pretrain_task(name, source, **tk)
+    return make_pretrain_task(name, source, source_config=source_config, **tk)
 
 
 def make_coco_pretrain_task(name="coco_pretrain", *, year=2014, **kw):
     reader = functools.partial(coco.pretrain_records, year=year)
     tk = {k: kw.pop(k) for k in list(kw) if k not in _SOURCE_KW}
     src = make_source(name, "coco", reader, ("train", "validation"), "pretrain", **kw)
-    return _pretrain(name, src, tk)
+    return _pretrain(name, src, tk, dict(kw, factory="coco_pretrain", year=year))
 
 
 def make_vg_pretrain_task(name="vg_pretrain", **kw):
     tk = {k: kw.pop(k) for k in list(kw) if k not in _SOURCE_KW}
     src = make_source(name, "vg", regions.vg_records, ("train",), "pretrain", **kw)
-    return _pretrain(name, src, tk)
+    return _pretrain(name, src, tk, dict(kw, factory="vg_pretrain"))
 
 
 def make_refcoco_pretrain_task(name="refcoco_pretrain", *, dataset="refcoco", **kw):
@@ -253,7 +269,7 @@ def make_refcoco_pretrain_task(name="refcoco_pretrain", *, dataset="refcoco", **
     src = make_source(
         name, "refcoco", reader, ("train", "validation"), "pretrain", coco_images="all", **kw
     )
-    return _pretrain(name, src, tk)
+    return _pretrain(name, src, tk, dict(kw, factory="refcoco_pretrain", dataset=dataset))
 
 
 def make_jsonl_pretrain_task(name="jsonl_pretrain", *, min_score=0.3, splits=("train",
@@ -265,7 +281,8 @@ def make_jsonl_pretrain_task(name="jsonl_pretrain", *, min_score=0.3, splits=("t
         return regions.jsonl_records(split, d, min_score=min_score)
 
     src = make_source(name, "jsonl", reader, splits, "pretrain", **kw)
-    return _pretrain(name, src, tk)
+    source_config = dict(kw, factory="jsonl_pretrain", min_score=min_score, splits=splits)
+    return _pretrain(name, src, tk, source_config)
 
 
 # ------------------------------------------------------------------ registration

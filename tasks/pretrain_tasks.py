@@ -40,11 +40,18 @@ def make_pretrain_task(
     num_bins: int | None = None,
     box_order: str = "yxyx",
     vocabulary=None,
+    source_config: dict,
 ):
     """Registers (idempotently) a LocCa pretraining task over `source` (any
-    source yielding the raw schema with captions + region_boxes/texts)."""
+    source yielding the raw schema with captions + region_boxes/texts);
+    source_config: the arguments that define the source (compared on
+    re-registration, see tasks.registry.add_task)."""
+    config = dict(source_config, kind="pretrain", image_size=image_size,
+                  box_encoding=box_encoding, num_bins=num_bins, box_order=box_order,
+                  vocabulary=vocabulary)  # fmt: skip
     return registry.add_task(
         name,
+        config=config,
         source=source,
         preprocessors=pretrain_preprocessors(image_size, box_encoding, num_bins, box_order),
         output_features=registry.pretrain_output_features(vocabulary),
@@ -79,7 +86,12 @@ def make_shapes_pretrain_task(
         pretrain_regions=pretrain_regions,
         max_objects=max_objects,
     )
-    return make_pretrain_task(name, source, image_size=image_size or resolution, **kwargs)
+    source_config = dict(factory="shapes_pretrain", resolution=resolution, seed=seed,
+                         num_train=num_train, num_validation=num_validation, num_test=num_test,
+                         pretrain_regions=pretrain_regions, max_objects=max_objects)  # fmt: skip
+    return make_pretrain_task(
+        name, source, image_size=image_size or resolution, source_config=source_config, **kwargs
+    )
 
 
 def register() -> None:

@@ -16,9 +16,11 @@ Data directories (official datasets), resolved when the data is read:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import seqio
 import tensorflow as tf
@@ -179,21 +181,108 @@ def rec_postprocessor_factory(encoding="text", num_bins=None, order="yxyx"):
 # ------------------------------------------------------------------ registry
 
 
-def add_task(name: str, **kwargs) -> seqio.Task:
-    """seqio.TaskRegistry.add unless `name` exists (idempotent registration).
+_TASK_CONFIGS: dict[str, Any] = {}
+_MIXTURE_CONFIGS: dict[str, Any] = {}
+
+
+def describe(value: Any) -> Any:
+    """A comparable, printable form of a registration parameter.
+
+    Plain values and containers map to themselves (paths as strings, tuples as
+    lists, mappings with sorted keys); a SentencePiece vocabulary to its class,
+    model file and extra ids (without loading it); a ``functools.partial`` to its
+    function and arguments; any other object to its type and identity (equal
+    only to itself: a parameter we cannot compare is never assumed equal)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {str(k): describe(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [describe(v) for v in value]
+    if isinstance(value, seqio.SentencePieceVocabulary):
+        state = vars(value)
+        return {
+            "vocabulary": type(value).__qualname__,
+            "model": describe(state.get("_sentencepiece_model_file")),
+            "extra_ids": state.get("_extra_ids"),
+        }
+    if isinstance(value, functools.partial):
+        return {"partial": describe(value.func), "args": describe(value.args),
+                "keywords": describe(value.keywords)}  # fmt: skip
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
+    return f"<{type(value).__qualname__} at {id(value):#x}>"
+
+
+def _config_diff(old: Any, new: Any) -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return "; ".join(
+            f"{k}: registered {old.get(k, '<absent>')!r}, now {new.get(k, '<absent>')!r}"
+            for k in keys
+            if old.get(k, "<absent>") != new.get(k, "<absent>")
+        )
+    return f"registered {old!r}, now {new!r}"
+
+
+def _check_same(kind: str, name: str, known: dict[str, Any], config: Any) -> bool:
+    """True when `name` is registered with `config` already; raises ValueError
+    when it is registered with another configuration (or by other code, so that
+    its configuration is unknown)."""
+    if name not in known:
+        return False
+    if known[name] != config:
+        raise ValueError(
+            f"seqio {kind} {name!r} is already registered with another configuration "
+            f"({_config_diff(known[name], config)}): give this configuration its own "
+            f"{kind} name (a name is one dataset; reusing it would silently return the "
+            "first registration's data)"
+        )
+    return True
+
+
+def add_task(name: str, *, config: Mapping[str, Any], **kwargs) -> seqio.Task:
+    """seqio.TaskRegistry.add, idempotent for equal configurations.
+
+    config: every parameter that defines the task's data (the factory's
+    arguments: sizes, resolution, box encoding, data directories...). Registering
+    `name` again with an equal config returns the registered task; with a
+    different one it raises ValueError naming the differing keys, as does a name
+    that other code registered directly with seqio. kwargs go to
+    seqio.TaskRegistry.add.
 
     The task is a `tasks.resumable.ResumableTask`: its training stream can
     start at any example (O(1) resume; see that module)."""
-    if name in seqio.TaskRegistry.names():
+    config = describe(dict(config))
+    if _check_same("task", name, _TASK_CONFIGS, config):
         return seqio.TaskRegistry.get(name)
+    if name in seqio.TaskRegistry.names():
+        raise ValueError(
+            f"seqio task {name!r} was registered outside tasks.registry.add_task; "
+            "its configuration cannot be compared: use another name"
+        )
     kwargs.setdefault("shuffle_buffer_size", 1000)
     kwargs.setdefault("task_cls", ResumableTask)  # training streams that start anywhere
-    return seqio.TaskRegistry.add(name, **kwargs)
+    task = seqio.TaskRegistry.add(name, **kwargs)
+    _TASK_CONFIGS[name] = config
+    return task
 
 
 def add_mixture(name: str, tasks: Sequence[str | tuple[str, float]], default_rate=1.0):
-    if name in seqio.MixtureRegistry.names():
+    """seqio.MixtureRegistry.add (a ResumableMixture), idempotent for the same
+    tasks and rates; raises ValueError when `name` holds another mixture."""
+    config = describe({"tasks": list(tasks), "default_rate": default_rate})
+    if _check_same("mixture", name, _MIXTURE_CONFIGS, config):
         return seqio.MixtureRegistry.get(name)
-    return seqio.MixtureRegistry.add(
+    if name in seqio.MixtureRegistry.names():
+        raise ValueError(
+            f"seqio mixture {name!r} was registered outside tasks.registry.add_mixture; "
+            "its configuration cannot be compared: use another name"
+        )
+    mixture = seqio.MixtureRegistry.add(
         name, list(tasks), default_rate=default_rate, mixture_cls=ResumableMixture
     )
+    _MIXTURE_CONFIGS[name] = config
+    return mixture

@@ -85,8 +85,13 @@ def make_shapes_task(
         num_validation=num_validation,
         num_test=num_test,
     )
+    config = dict(factory="shapes", kind=kind, resolution=resolution, image_size=image_size,
+                  seed=seed, num_train=num_train, num_validation=num_validation,
+                  num_test=num_test, box_encoding=box_encoding, num_bins=num_bins,
+                  box_order=box_order, vocabulary=vocabulary)  # fmt: skip
     return registry.add_task(
         name,
+        config=config,
         source=source,
         preprocessors=registry.text_preprocessors(
             image_size or resolution, format_for(kind, box_encoding, num_bins, box_order)

@@ -67,6 +67,7 @@ def register_tasks():
     sizes = dict(num_train=NUM_TRAIN, num_validation=4, num_test=4)
     registry.add_task(
         TRANSFER_TASK,
+        config=dict(sizes, kind="caption", resolution=RESOLUTION, shuffle_buffer_size=1),
         source=ShapesSource("caption", resolution=RESOLUTION, seed=0, **sizes),
         preprocessors=registry.text_preprocessors(RESOLUTION, shapes_tasks.format_for("caption")),
         output_features=registry.output_features(),

@@ -46,6 +46,7 @@ def task():
 
     return registry.add_task(
         "shapes_caption_resume_o1_test",
+        config={"test": "shapes_caption_resume_o1_test", "num_train": NUM_TRAIN},
         source=ShapesSource("caption", resolution=32, num_train=NUM_TRAIN),
         preprocessors=[
             seqio.CacheDatasetPlaceholder(),
@@ -175,6 +176,7 @@ def test_a_dropping_postcache_filter_is_a_clear_error():
 
     t = registry.add_task(
         "shapes_caption_resume_o1_filter_test",
+        config={"test": "shapes_caption_resume_o1_filter_test", "num_train": NUM_TRAIN},
         source=ShapesSource("caption", resolution=32, num_train=NUM_TRAIN),
         preprocessors=[
             seqio.CacheDatasetPlaceholder(),
@@ -235,7 +237,8 @@ def test_raw_examples_python_path_equals_tf_path():
 
     source = ShapesSource("vqa", resolution=32, num_train=12, num_validation=2, num_test=2)
     t = registry.add_task(
-        "shapes_vqa_raw_path_test", source=source, preprocessors=[seqio.CacheDatasetPlaceholder()],
+        "shapes_vqa_raw_path_test", config={"test": "raw_path"}, source=source,
+        preprocessors=[seqio.CacheDatasetPlaceholder()],
         output_features=registry.output_features(), metric_fns=[],
     )  # fmt: skip
     for shard in (None, seqio.ShardInfo(1, 3)):
