@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from transfer import demo
+from transfer import demo, demo_report
 
 # Cap and LocCa only: CapPa is Cap's code path with parallel prediction on, and
 # a third encoder would add a minute to the suite (the verdict then reads "no
@@ -44,28 +44,28 @@ def _tab(values):
 
 
 def test_verdict_follows_the_numbers():
-    head, detail = demo.verdict(
+    head, detail = demo_report.verdict(
         _tab({"cap": [10, 20, 5, 50], "cappa": [12, 18, 5, 50], "locca": [30, 40, 1, 10]})
     )
     assert head.startswith("**Reproduced")
     assert detail["rec_protocol:shapes_refexp/validation/acc@0.5"]["margin"] == 18
-    head, _ = demo.verdict(
+    head, _ = demo_report.verdict(
         _tab({"cap": [10, 50, 5, 50], "cappa": [12, 18, 5, 50], "locca": [30, 40, 9, 10]})
     )
     assert head.startswith("**Partly reproduced") and "1 of 2" in head
-    head, _ = demo.verdict(
+    head, _ = demo_report.verdict(
         _tab({"cap": [10, 20, 5, 5], "cappa": [12, 18, 5, 5], "locca": [12, 20, 90, 90]})
     )
     assert head.startswith("**Not reproduced")  # ties are not wins; transfer REC not counted
     # Margins within two standard errors (100 examples) or below the baseline do not count.
     nums = {"cap": [1, 1, 0, 0], "cappa": [0, 0, 0, 0], "locca": [3, 40, 0, 0]}
-    head, detail = demo.verdict(_tab(nums), num_examples=100)
+    head, detail = demo_report.verdict(_tab(nums), num_examples=100)
     assert head.startswith("**Partly reproduced") and "1 of 2" in head
     assert detail["rec_protocol:shapes_refexp/validation/acc@0.5"]["locca_best"] is False
     base = {"rec_protocol:shapes_refexp/test/acc@0.5": 45.0}
-    head, _ = demo.verdict(_tab(nums), baselines=base, num_examples=100)
+    head, _ = demo_report.verdict(_tab(nums), baselines=base, num_examples=100)
     assert head.startswith("**Not reproduced")
-    head, _ = demo.verdict(_tab({"cap": [1, 1, 1, 1], "locca": [2, 2, 2, 2]}))
+    head, _ = demo_report.verdict(_tab({"cap": [1, 1, 1, 1], "locca": [2, 2, 2, 2]}))
     assert "no verdict" in head
 
 
@@ -124,3 +124,17 @@ def test_budgets_parse_and_reproduce_is_larger():
     assert repro["zero_shot_aref"] and not demo_budget["zero_shot_aref"]
     with pytest.raises(ValueError, match="ENCODERS"):
         demo.read_budget([], ["ENCODERS = ['cap', 'nope']"])
+
+
+def test_trivial_baseline_answer_is_the_same_every_time():
+    """The constant-prediction baseline reads the task's sampled training targets
+    (one caption of five, one answer of ten): under a fixed seqio seed it is the
+    same text on every call (it used to change from run to run)."""
+    from tasks import shapes_tasks  # noqa: F401  (registers shapes_caption)
+
+    got = []
+    for _ in range(2):
+        demo_report._MOST_FREQUENT.clear()
+        got.append(demo_report._most_frequent_target("shapes_caption", n=200))
+    assert got[0] == got[1]
+    assert got[0][1].startswith("most frequent training caption")

@@ -240,6 +240,7 @@ def run_experiment(
     search = list(gin_search_paths)
     rec_tasks = [t for t in tasks if t.startswith(REC_PREFIX)]
     ft_tasks = [t for t in tasks if not t.startswith(REC_PREFIX)]
+    experiment_dir = os.path.abspath(experiment_dir)  # cells record paths: cwd-independent
     os.makedirs(experiment_dir, exist_ok=True)
     grid = _Grid(experiment_dir, title, labels, tasks, columns, on_cell)
 
