@@ -330,14 +330,7 @@ def rec_protocol(
         dropout=dropout,
     )
     frozen = {"encoder": encoder_params(encoder, seed=seed)}
-    n_tok = (encoder.resolution // int(_patch(encoder.vit_config))) ** 2
-    d_enc = int(_encoder_sizes(encoder.vit_config)["width"])
-    dec_init = jax.jit(
-        lambda r: decoder.init(
-            r, jnp.zeros((1, n_tok, d_enc), jnp.float32), jnp.zeros((1, max_len), jnp.int32)
-        )["params"]
-    )(jax.random.PRNGKey(seed + 1))
-    init = {"decoder": dec_init}  # boxed: the trainer reads the logical axes
+    init = {"decoder": init_decoder(decoder, encoder, max_len, seed + 1)}
     optimizer = optimizers.make_optimizer(
         "adamw",
         lr=learning_rate,
@@ -374,39 +367,53 @@ def rec_protocol(
     )
     params = jax.tree.map(np.asarray, jax.device_get(state.params))
     step = int(jax.device_get(state.step))
-    metrics, preds = {}, {}
-    for t, split in _parse_eval(eval, task):
-        t0 = time.time()
-        path = os.path.join(model_dir, "predictions", f"{t}_{split}_{step}.jsonl")
-        m, _ = evaluate(
-            encoder,
-            decoder,
-            params,
-            frozen,
-            task=t,
-            split=split,
-            task_feature_lengths=lengths,
-            batch_size=eval_batch_size,
-            num_examples=num_eval_examples,
-            predictions_path=path,
-        )
-        key = split if t == task else f"{t}/{split}"
-        metrics.update({f"{key}/{k}": v for k, v in m.items()})
-        preds[f"{t}:{split}"] = path
-        log.info("REC %s/%s: %s (%.1fs)", t, split, m, time.time() - t0)
+    metrics, preds = _evaluate_entries(
+        encoder, decoder, params, frozen, model_dir=model_dir, step=step,
+        entries=_parse_eval(eval, task), task=task, task_feature_lengths=lengths,
+        batch_size=eval_batch_size, num_examples=num_eval_examples,
+    )  # fmt: skip
     atomic_write_json(
         os.path.join(model_dir, "rec_metrics.json"),
         {"step": step, "metrics": metrics},
         indent=1,
         sort_keys=True,
     )
-    return {
-        "metrics": metrics,
-        "step": step,
-        "predictions": preds,
-        "frozen": frozen,
-        "params": params,
-    }
+    return {"metrics": metrics, "step": step, "predictions": preds, "frozen": frozen,
+            "params": params}  # fmt: skip
+
+
+def init_decoder(decoder, encoder: common.EncoderSpec, max_len: int, seed: int) -> dict:
+    """The decoder's initial parameters (flax ``Partitioned`` boxes kept: the
+    trainer reads the logical axes), for the encoder's token grid
+    ([1, (resolution / patch)^2, width]) and ``max_len`` decoder tokens."""
+    n_tok = (encoder.resolution // int(_patch(encoder.vit_config))) ** 2
+    d_enc = int(_encoder_sizes(encoder.vit_config)["width"])
+    tokens = jnp.zeros((1, n_tok, d_enc), jnp.float32)  # [1, N, D]
+    ids = jnp.zeros((1, max_len), jnp.int32)  # [1, L]
+    return jax.jit(lambda r: decoder.init(r, tokens, ids)["params"])(jax.random.PRNGKey(seed))
+
+
+def _evaluate_entries(
+    encoder, decoder, params, frozen, *, model_dir, step, entries, task, task_feature_lengths,
+    batch_size, num_examples,
+) -> tuple[dict, dict]:  # fmt: skip
+    """:func:`evaluate` on each ``(task, split)`` entry, predictions under
+    ``model_dir/predictions``. Returns ``({"[task/]split/metric": v}, {"task:split": path})``
+    (the training task's entries unprefixed)."""
+    metrics, preds = {}, {}
+    for t, split in entries:
+        t0 = time.time()
+        path = os.path.join(model_dir, "predictions", f"{t}_{split}_{step}.jsonl")
+        m, _ = evaluate(
+            encoder, decoder, params, frozen, task=t, split=split,
+            task_feature_lengths=task_feature_lengths, batch_size=batch_size,
+            num_examples=num_examples, predictions_path=path,
+        )  # fmt: skip
+        key = split if t == task else f"{t}/{split}"
+        metrics.update({f"{key}/{k}": v for k, v in m.items()})
+        preds[f"{t}:{split}"] = path
+        log.info("REC %s/%s: %s (%.1fs)", t, split, m, time.time() - t0)
+    return metrics, preds
 
 
 def _patch(vit_config: Mapping[str, Any]) -> int:
