@@ -73,9 +73,10 @@ def _prediction_records(cell: Mapping, seqio_task: str, split: str) -> list[dict
     if not path:
         return []
     if not os.path.exists(path):
+        what = f"{split} predictions" if split else "predictions"
         raise FileNotFoundError(
-            f"cell {cell.get('encoder')} x {cell.get('task')} records its {split + ' ' if split else ''}predictions "
-            f"at {path!r}, which does not exist (was the run moved?)"
+            f"cell {cell.get('encoder')} x {cell.get('task')} records its {what} at {path!r}, "
+            "which does not exist (was the run moved?)"
         )
     return writers.read_jsonl(path)[0]
 
