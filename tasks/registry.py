@@ -211,8 +211,12 @@ def describe(value: Any) -> Any:
     if isinstance(value, functools.partial):
         return {"partial": describe(value.func), "args": describe(value.args),
                 "keywords": describe(value.keywords)}  # fmt: skip
-    if callable(value) and hasattr(value, "__qualname__"):
-        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
+    if (
+        callable(value)
+        and hasattr(value, "__qualname__")
+        and not getattr(value, "__closure__", None)
+    ):
+        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"  # no captured state
     return f"<{type(value).__qualname__} at {id(value):#x}>"
 
 
@@ -227,11 +231,16 @@ def _config_diff(old: Any, new: Any) -> str:
     return f"registered {old!r}, now {new!r}"
 
 
-def _check_same(kind: str, name: str, known: dict[str, Any], config: Any) -> bool:
+def _check_same(kind: str, name: str, known: dict[str, Any], config: Any, seqio_registry) -> bool:
     """True when `name` is registered with `config` already; raises ValueError
-    when it is registered with another configuration (or by other code, so that
-    its configuration is unknown)."""
+    when it is registered with another configuration, or in `seqio_registry` by
+    other code (so that its configuration cannot be compared)."""
     if name not in known:
+        if name in seqio_registry.names():
+            raise ValueError(
+                f"seqio {kind} {name!r} was registered outside tasks.registry.add_{kind}; "
+                "its configuration cannot be compared: use another name"
+            )
         return False
     if known[name] != config:
         raise ValueError(
@@ -256,13 +265,8 @@ def add_task(name: str, *, config: Mapping[str, Any], **kwargs) -> seqio.Task:
     The task is a `tasks.resumable.ResumableTask`: its training stream can
     start at any example (O(1) resume; see that module)."""
     config = describe(dict(config))
-    if _check_same("task", name, _TASK_CONFIGS, config):
+    if _check_same("task", name, _TASK_CONFIGS, config, seqio.TaskRegistry):
         return seqio.TaskRegistry.get(name)
-    if name in seqio.TaskRegistry.names():
-        raise ValueError(
-            f"seqio task {name!r} was registered outside tasks.registry.add_task; "
-            "its configuration cannot be compared: use another name"
-        )
     kwargs.setdefault("shuffle_buffer_size", 1000)
     kwargs.setdefault("task_cls", ResumableTask)  # training streams that start anywhere
     task = seqio.TaskRegistry.add(name, **kwargs)
@@ -274,13 +278,8 @@ def add_mixture(name: str, tasks: Sequence[str | tuple[str, float]], default_rat
     """seqio.MixtureRegistry.add (a ResumableMixture), idempotent for the same
     tasks and rates; raises ValueError when `name` holds another mixture."""
     config = describe({"tasks": list(tasks), "default_rate": default_rate})
-    if _check_same("mixture", name, _MIXTURE_CONFIGS, config):
+    if _check_same("mixture", name, _MIXTURE_CONFIGS, config, seqio.MixtureRegistry):
         return seqio.MixtureRegistry.get(name)
-    if name in seqio.MixtureRegistry.names():
-        raise ValueError(
-            f"seqio mixture {name!r} was registered outside tasks.registry.add_mixture; "
-            "its configuration cannot be compared: use another name"
-        )
     mixture = seqio.MixtureRegistry.add(
         name, list(tasks), default_rate=default_rate, mixture_cls=ResumableMixture
     )

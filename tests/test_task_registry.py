@@ -81,6 +81,14 @@ def test_describe_compares_values_not_objects_and_never_guesses():
     v2 = seqio.SentencePieceVocabulary("/nonexistent/spm.model", extra_ids=0)
     v3 = seqio.SentencePieceVocabulary("/nonexistent/other.model", extra_ids=0)
     assert registry.describe(v1) == registry.describe(v2) != registry.describe(v3)
+
+    # a function with captured state is compared by identity, not by its name
+    def adder(k):
+        return lambda x: x + k
+
+    closures = [adder(1), adder(2)]
+    assert registry.describe(closures[0]) != registry.describe(closures[1])
+    assert registry.describe(f) == registry.describe(f)
     # an object we cannot compare equals only itself
     o1, o2 = object(), object()
     assert registry.describe(o1) == registry.describe(o1) != registry.describe(o2)
