@@ -214,6 +214,65 @@ def is_degenerate(box) -> bool:
     return bool(b[2] <= b[0] or b[3] <= b[1])
 
 
+WHOLE_IMAGE = np.array([0.0, 0.0, 1.0, 1.0])
+
+
+def mean_box(box_list: Sequence[np.ndarray]) -> np.ndarray:
+    """Coordinate-wise mean of yxyx boxes [N, 4] -> [4]."""
+    if not len(box_list):
+        raise ValueError("mean_box: no boxes")
+    return np.mean(np.stack([np.asarray(b, np.float64) for b in box_list]), axis=0)
+
+
+def largest_region(regions: np.ndarray) -> np.ndarray:
+    """The largest-area yxyx box of [R, 4] (the whole image when R = 0)."""
+    regions = np.asarray(regions, np.float64).reshape(-1, 4)
+    if not len(regions):
+        return WHOLE_IMAGE
+    area = (regions[:, 2] - regions[:, 0]) * (regions[:, 3] - regions[:, 1])
+    return regions[int(np.argmax(area))]
+
+
+def random_region_hit(regions: np.ndarray, gt) -> float:
+    """Expected Acc@0.5 hit of a uniformly random region of [R, 4] against ``gt``
+    [4] (0 when R = 0)."""
+    regions = np.asarray(regions, np.float64).reshape(-1, 4)
+    if not len(regions):
+        return 0.0
+    return float(np.mean(iou(regions, np.asarray(gt, np.float64)[None, :]) >= 0.5))
+
+
+def baseline_scores(
+    gt_boxes: Sequence,
+    *,
+    train_mean_box: np.ndarray | None = None,
+    regions: Sequence[np.ndarray] | None = None,
+) -> dict[str, dict[str, float]]:
+    """The trivial localisation baselines on ``gt_boxes`` (yxyx in [0, 1]).
+
+    ``whole_image`` (always), ``mean_box`` (the constant ``train_mean_box``,
+    when given) and, when ``regions`` gives each example's candidate boxes
+    [R_i, 4] (its image's objects: a perfect detector without grounding),
+    ``largest_region`` and ``random_region`` (the expected hit of a uniformly
+    random region; its interval treats each example's expectation as one
+    observation, and it has no mean IoU).
+
+    Returns ``{name: scores}``; scores as :func:`localisation_scores`
+    (``acc@0.5``, ``acc@0.5_low/_high``, ``mean_iou``...; fractions).
+    """
+    n = len(gt_boxes)
+    out = {"whole_image": localisation_scores([WHOLE_IMAGE] * n, gt_boxes)}
+    if train_mean_box is not None:
+        out["mean_box"] = localisation_scores([train_mean_box] * n, gt_boxes)
+    if regions is not None:
+        if len(regions) != n:
+            raise ValueError(f"{len(regions)} region lists for {n} ground-truth boxes")
+        out["largest_region"] = localisation_scores([largest_region(r) for r in regions], gt_boxes)
+        m, lo, hi = stats.mean_ci([random_region_hit(r, g) for r, g in zip(regions, gt_boxes)])
+        out["random_region"] = {"acc@0.5": m, "acc@0.5_low": lo, "acc@0.5_high": hi}
+    return out
+
+
 def localisation_scores(pred_boxes: Sequence, gt_boxes: Sequence) -> dict[str, float]:
     """Acc@0.5 and mean IoU with 95% intervals, and the counts behind them.
 
@@ -228,6 +287,7 @@ def localisation_scores(pred_boxes: Sequence, gt_boxes: Sequence) -> dict[str, f
     hits = int(np.sum(ious >= 0.5))
     lo, hi = stats.proportion_ci(hits, n)
     m, mlo, mhi = stats.mean_ci(ious)
+    mlo, mhi = max(mlo, 0.0), min(mhi, 1.0)  # a normal interval, clipped to IoU's range
     return {
         "acc@0.5": hits / n,
         "acc@0.5_low": lo,

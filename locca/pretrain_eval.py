@@ -47,20 +47,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from locca import boxes as boxes_lib
-from locca import generation, region_text, stats
+from locca import generation, region_text
 from locca.box_drawing import draw_box
 from locca.models import locca as locca_lib
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PretrainEvaluator", "mean_box"]
-
-
-def mean_box(box_list: Sequence[np.ndarray]) -> np.ndarray:
-    """Coordinate-wise mean of yxyx boxes [N, 4] -> [4]."""
-    if not len(box_list):
-        raise ValueError("mean_box: no boxes")
-    return np.mean(np.stack([np.asarray(b, np.float64) for b in box_list]), axis=0)
+__all__ = ["PretrainEvaluator"]
 
 
 class PretrainEvaluator:
@@ -166,7 +159,7 @@ class PretrainEvaluator:
                 b = self.codec.decode(p[1]) if p else None
                 if b is not None:
                     train_boxes.append(b)
-            self.train_mean_box = mean_box(train_boxes)
+            self.train_mean_box = boxes_lib.mean_box(train_boxes)
         self._loss_fn = jax.jit(locca_lib.make_loss_fn(model, tasks=self.tasks, train=False))
         self._generate = jax.jit(self._generate_impl, static_argnames=("max_len", "banned"))
         # First tokens of the ARef / GCap task prefixes (banned when sampling captions).
@@ -289,31 +282,18 @@ class PretrainEvaluator:
 
         ``rows``: the held-out example index of each (pred, gt) pair.
         """
-        n = len(gts)
         out = {f"aref_{k}": v for k, v in boxes_lib.localisation_scores(preds, gts).items()}
-        baselines = {
-            "whole_image": [np.array([0.0, 0.0, 1.0, 1.0])] * n,
-            "mean_box": [self.train_mean_box] * n,
-        }
+        regions = None
         if self.region_boxes is not None:
             regions = [self.region_boxes[i] for i in rows]
-            baselines["largest_region"] = [_largest(r) for r in regions]
-        for name, boxes in baselines.items():
-            sc = boxes_lib.localisation_scores(boxes, gts)
+        baselines = boxes_lib.baseline_scores(
+            gts, train_mean_box=self.train_mean_box, regions=regions
+        )
+        for name, sc in baselines.items():
             for k in ("acc@0.5", "acc@0.5_low", "acc@0.5_high", "mean_iou"):
-                out[f"aref_{k}_{name}" if k != "mean_iou" else f"aref_mean_iou_{name}"] = sc[k]
-        if self.region_boxes is not None:
-            # A uniformly random region of the image: its expected hit rate per
-            # example, averaged; the interval treats each example's expectation
-            # as one observation.
-            m, lo, hi = stats.mean_ci([_random_region_hit(r, g) for r, g in zip(regions, gts)])
-            out.update(
-                {
-                    "aref_acc@0.5_random_region": m,
-                    "aref_acc@0.5_low_random_region": lo,
-                    "aref_acc@0.5_high_random_region": hi,
-                }
-            )
+                if k in sc:
+                    key = f"aref_{k}_{name}" if k != "mean_iou" else f"aref_mean_iou_{name}"
+                    out[key] = sc[k]
         return out
 
     def aref_by_object_count(
@@ -333,9 +313,9 @@ class PretrainEvaluator:
             k = len(regions)
             key = f"{k}" if k < 4 else "4+"
             hit = p is not None and float(boxes_lib.iou(p, g)) >= 0.5
-            largest = float(boxes_lib.iou(_largest(regions), g)) >= 0.5
+            largest = float(boxes_lib.iou(boxes_lib.largest_region(regions), g)) >= 0.5
             groups.setdefault(key, []).append(
-                (float(hit), float(largest), _random_region_hit(regions, g))
+                (float(hit), float(largest), boxes_lib.random_region_hit(regions, g))
             )
         out = {}
         for key, vals in sorted(groups.items()):
@@ -482,21 +462,6 @@ def _patches_overlapping(box: np.ndarray, grid: int) -> np.ndarray:
     rows = (edges[1:] > box[0]) & (edges[:-1] < box[2])  # [grid]
     cols = (edges[1:] > box[1]) & (edges[:-1] < box[3])
     return (rows[:, None] & cols[None, :]).reshape(-1)
-
-
-def _random_region_hit(regions: np.ndarray, gt: np.ndarray) -> float:
-    """Expected Acc@0.5 hit of a uniformly random region of [R, 4] against ``gt`` (0 if R = 0)."""
-    if not len(regions):
-        return 0.0
-    return float(np.mean(boxes_lib.iou(regions, gt[None, :]) >= 0.5))
-
-
-def _largest(regions: np.ndarray) -> np.ndarray:
-    """The largest-area yxyx box of [R, 4] (the whole image when R = 0)."""
-    if not len(regions):
-        return np.array([0.0, 0.0, 1.0, 1.0])
-    area = (regions[:, 2] - regions[:, 0]) * (regions[:, 3] - regions[:, 1])
-    return regions[int(np.argmax(area))]
 
 
 def _wrap(text: str, width: int) -> str:

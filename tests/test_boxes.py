@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from locca.boxes import BoxCodec, acc_at_05, iou, location_tokens, mean_iou
+from locca.boxes import BoxCodec, acc_at_05, baseline_scores, iou, location_tokens, mean_iou
 
 CODECS = [
     BoxCodec("text"),
@@ -198,3 +198,23 @@ def test_acc_at_05_and_mean_iou():
         acc_at_05(preds[:3], gt)
     with pytest.raises(ValueError, match="no boxes"):
         acc_at_05([], [])
+
+
+def test_baseline_scores_by_hand():
+    """Two examples, worked out by hand: the largest region ties go to the first,
+    a random region hits with the fraction of regions at IoU >= 0.5."""
+    gts = [[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]
+    regions = [
+        np.array([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]),  # equal areas: the first
+        np.array([[0.0, 0.0, 0.2, 0.2], [0.5, 0.5, 1.0, 1.0], [0.55, 0.5, 1.0, 1.0]]),
+    ]
+    got = baseline_scores(gts, train_mean_box=np.array([0.0, 0.0, 0.5, 0.5]), regions=regions)
+    assert got["whole_image"]["acc@0.5"] == 0.0  # IoU 0.25 with each
+    assert got["whole_image"]["mean_iou"] == pytest.approx(0.25)
+    assert got["mean_box"]["acc@0.5"] == 0.5 and got["mean_box"]["mean_iou"] == 0.5
+    assert got["largest_region"]["acc@0.5"] == 1.0  # first: itself; second: the 0.25 box
+    assert got["random_region"]["acc@0.5"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert "mean_iou" not in got["random_region"]
+    assert set(baseline_scores(gts)) == {"whole_image"}
+    with pytest.raises(ValueError, match="2 region lists for 1"):
+        baseline_scores(gts[:1], regions=regions)

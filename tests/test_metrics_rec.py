@@ -17,7 +17,10 @@ def test_rec_metrics_text_codec():
     # IoUs: 0.5 (counts), 0 (unparsed), 0.4, 1.0
     assert out["acc@0.5"] == 50.0
     assert out["mean_iou"] == pytest.approx((0.5 + 0 + 0.4 + 1) / 4)
-    assert out["num_unparsed"] == 1
+    assert out["num_unparsed"] == 1 and out["num_degenerate"] == 0
+    assert out["acc@0.5_low"] < 50.0 < out["acc@0.5_high"]  # Wilson interval, n = 4
+    flat = rec_metrics(["0 0 10 10"], ["0 0 0 5"], codec=codec)  # ymin = ymax: no pixel
+    assert flat["num_degenerate"] == 1 and flat["acc@0.5"] == 0.0
 
 
 def test_rec_metrics_loc_codec_partial():

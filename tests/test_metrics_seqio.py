@@ -43,7 +43,9 @@ def test_rec_accuracy_decoded_predictions():
     t = [{"box": [0.0, 0.0, 1.0, 1.0], "expression": "left cat", "id": "1"},
          {"box": [0.0, 0.0, 0.5, 0.5], "expression": "dog", "id": "2"}]  # fmt: skip
     out = _fn("rec", "rec_accuracy")(t, [np.array([0.0, 0.0, 1.0, 0.5]), None])
-    assert out == {"acc@0.5": 50.0, "mean_iou": pytest.approx(0.25), "num_unparsed": 1}
+    assert out["acc@0.5"] == 50.0 and out["mean_iou"] == pytest.approx(0.25)
+    assert out["num_unparsed"] == 1 and out["num_degenerate"] == 0
+    assert out["acc@0.5_low"] < 50.0 < out["acc@0.5_high"]  # Wilson, n = 2
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="java not on PATH")

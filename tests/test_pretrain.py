@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from locca import pretrain_eval, region_text
+from locca import boxes, pretrain_eval, region_text
 from locca.boxes import BoxCodec, iou
 from locca.models import locca
 from transfer import gin_flags, pretrain
@@ -95,7 +95,7 @@ def test_split_prompts():
         as_tensor = region_text.aref_text(tf.constant(c), tf.constant(b)).numpy().decode()
         assert as_tensor == region_text.aref_text(c, b)
     assert region_text.aref_region("GCap : 1 2 3 4 :") == ""
-    np.testing.assert_allclose(pretrain_eval.mean_box([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]]),
+    np.testing.assert_allclose(boxes.mean_box([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]]),
                                [0.25, 0.25, 0.75, 0.75])  # fmt: skip
 
 

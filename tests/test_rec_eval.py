@@ -32,7 +32,10 @@ def test_cli_per_split(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["acc@0.5"] == 50.0 and out["mean_iou"] == pytest.approx(1.5 / 4)
     assert out["num_examples"] == 4 and out["num_unparsed"] == 1 and out["num_missing"] == 0
-    assert out["per_split"]["val"] == {"acc@0.5": 50.0, "mean_iou": 0.25, "num_examples": 2}
+    val = out["per_split"]["val"]
+    assert val["acc@0.5"] == 50.0 and val["mean_iou"] == 0.25 and val["num_examples"] == 2
+    assert val["num_unparsed"] == 1 and val["num_degenerate"] == 0
+    assert 0.0 == val["mean_iou_low"] < 0.25 < val["mean_iou_high"] <= 1.0  # clipped to [0, 1]
     assert out["per_split"]["testA"]["acc@0.5"] == 50.0
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from locca.boxes import BoxCodec, iou
+from locca.boxes import BoxCodec, localisation_scores
 
 __all__ = ["as_box", "rec_report", "rec_metrics", "rec_accuracy"]
 
@@ -35,25 +35,22 @@ def as_box(value: Any, codec: BoxCodec) -> np.ndarray | None:
 
 
 def rec_report(pred_boxes: Sequence[np.ndarray | None], gt_boxes: Sequence[Any]) -> dict:
-    """``{"acc@0.5" (%), "mean_iou" ([0, 1]), "num_examples"}``; None predictions score 0."""
-    if len(pred_boxes) != len(gt_boxes):
-        raise ValueError(f"{len(pred_boxes)} predictions but {len(gt_boxes)} ground-truth boxes")
-    if not gt_boxes:
-        raise ValueError("no boxes to score")
-    ious = np.array(
-        [0.0 if p is None else float(iou(p, g)) for p, g in zip(pred_boxes, gt_boxes)]
-    )  # [N]
-    return {
-        "acc@0.5": 100.0 * float(np.mean(ious >= 0.5)),
-        "mean_iou": float(np.mean(ious)),
-        "num_examples": len(ious),
-    }
+    """``locca.boxes.localisation_scores`` with Acc@0.5 in percent: ``acc@0.5``
+    with its 95% Wilson interval ``acc@0.5_low/_high`` (%), ``mean_iou`` with
+    ``mean_iou_low/_high`` ([0, 1]), ``num_examples``, ``num_unparsed`` (None
+    predictions, scored IoU 0) and ``num_degenerate`` (zero-area boxes)."""
+    out = localisation_scores(pred_boxes, gt_boxes)
+    for k in ("acc@0.5", "acc@0.5_low", "acc@0.5_high"):
+        out[k] = 100.0 * out[k]
+    out["num_examples"] = int(out["num_examples"])
+    return out
 
 
 def rec_metrics(
     targets: Sequence[Any], predictions: Sequence[Any], *, codec: BoxCodec | None = None
 ) -> dict:
-    """seqio metric: ``{"acc@0.5", "mean_iou", "num_unparsed"}``.
+    """seqio metric: :func:`rec_report` without ``num_examples`` (``acc@0.5`` %,
+    its interval, ``mean_iou``, ``num_unparsed``, ``num_degenerate``...).
 
     Targets: box text (same codec; must decode), 4 numbers, or ``{"box": ...}``.
     Predictions: box text or 4 numbers. Bind the codec with
@@ -69,11 +66,8 @@ def rec_metrics(
         gts.append(box)
     preds = [as_box(p, codec) for p in predictions]
     rep = rec_report(preds, gts)
-    return {
-        "acc@0.5": rep["acc@0.5"],
-        "mean_iou": rep["mean_iou"],
-        "num_unparsed": sum(p is None for p in preds),
-    }
+    del rep["num_examples"]
+    return rep
 
 
 def rec_accuracy(targets: Sequence[Any], predictions: Sequence[Any]) -> dict:
