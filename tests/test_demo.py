@@ -2,6 +2,7 @@
 verdict on LocCa's localisation advantage is computed from the numbers."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -93,6 +94,13 @@ def test_same_seed_same_table(tmp_path):
     rows = json.loads(table)["rows"]
     assert [r["encoder"] for r in rows] == ["cap", "locca"]
     assert "no verdict" in report
+    # The REC splits' trivial baselines read the shapes world's scene of each
+    # example: its true box is one of the scene's objects, so a random object
+    # hits with probability >= 1 / (objects in the scene) > 0.
+    base_lines = [x for x in report.splitlines() if x.startswith("- Trivial baselines on")]
+    assert [x.split()[7] for x in base_lines] == ["validation", "test"]
+    for line in base_lines:
+        assert float(re.search(r"random object of the image ([\d.]+)", line).group(1)) > 0
     assert all(v is not None for r in rows for v in r["values"].values())
 
     work = out / "work"

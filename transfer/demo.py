@@ -19,7 +19,8 @@ Stages (a banner and wall time each; tqdm bars from the trainer):
                    ``transfer/table.{md,csv,json,png}``.
 
 The budget lives in gin/demo/demo.gin (macros ``PRETRAIN_STEPS``,
-``TRANSFER_STEPS``, ``REC_STEPS``, ``NUM_EVAL_EXAMPLES``, ``SEED``...). Each
+``TRANSFER_STEPS``, ``REC_STEPS``, ``REC_LEARNING_RATE``, ``NUM_EVAL_EXAMPLES``,
+``SEED``...). Each
 run starts afresh (``OUT/work`` is cleared) unless ``--resume``; the same seed
 gives the same table. ``--stages sheet`` only draws the contact sheet.
 """
@@ -118,6 +119,7 @@ def read_budget(gin_files: Sequence[str], bindings: Sequence[str]) -> dict:
         "PRETRAIN_SCENES",
         "TRANSFER_STEPS",
         "REC_STEPS",
+        "REC_LEARNING_RATE",
         "NUM_EVAL_EXAMPLES",
         "ZERO_SHOT_AREF",
         "ENCODERS",
@@ -241,6 +243,7 @@ def stage_transfer(
     kwargs["rec_bindings"] = [
         *kwargs["rec_bindings"],
         f"REC_TRAIN_STEPS = {rec_steps}",
+        f"REC_LEARNING_RATE = {budget['rec_learning_rate']!r}",
         f"transfer.rec_protocol.num_eval_examples = {n_eval}",
         f"transfer.rec_protocol.seed = {seed}",
         f"transfer.rec_protocol.data_seed = {seed}",
