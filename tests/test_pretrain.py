@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -178,8 +180,8 @@ def test_evaluator_scores_an_oracle(evaluator_and_params, monkeypatch):
     assert m["aref_acc@0.5_low"] == 0.0 and 0.0 < m["aref_acc@0.5_high"] < 0.5
 
 
-def _run_entry_point(model_dir, *extra):
-    cmd = [
+def _entry_point_cmd(model_dir, *extra):
+    return [
         sys.executable, "-m", "transfer.pretrain",
         "--gin_file=gin/pretrain/locca_tiny.gin",
         f"--gin.MODEL_DIR='{model_dir}'",
@@ -200,9 +202,15 @@ def _run_entry_point(model_dir, *extra):
         "--gin.transfer.pretrain.tensorboard=False",
         *extra,
     ]  # fmt: skip
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    res = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+
+
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_entry_point(model_dir, *extra):
+    cmd = _entry_point_cmd(model_dir, *extra)
+    res = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     return [json.loads(line) for line in open(os.path.join(model_dir, "metrics.jsonl"))]
 
@@ -246,6 +254,47 @@ def test_entry_point_runs_and_loss_falls_on_fixed_batch(tmp_path):
     assert "Transformer/encoder_norm/scale" in flat and "embedding/kernel" in flat
     with pytest.raises(FileNotFoundError, match="no step 7"):
         export_encoder.read_params(str(model_dir), 7)
+
+
+def test_sigkill_then_resume_is_bitwise(tmp_path):
+    """python -m transfer.pretrain killed with SIGKILL after its first checkpoint, then
+    started again with the same flags, ends with the parameters of an uninterrupted
+    run bit for bit: the trainer state, the step's random keys (dropout, parallel
+    prediction) and the data stream all resume at the checkpoint's step."""
+    from checkpoints import export_encoder
+    from transfer import common
+
+    steps = 24
+    flags = [f"--gin.TRAIN_STEPS={steps}", "--gin.transfer.pretrain.checkpoint_every=4",
+             "--gin.transfer.pretrain.evaluate=False"]  # fmt: skip
+    _run_entry_point(tmp_path / "reference", *flags)
+    model_dir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _entry_point_cmd(model_dir, *flags), cwd=REPO, env=ENV,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    t0 = time.time()
+    while not common.checkpoint_steps(str(model_dir)):
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before a checkpoint ({proc.returncode}):\n"
+                        f"{proc.stderr.read()[-4000:]}")  # fmt: skip
+        if time.time() - t0 > 300:
+            proc.kill()
+            pytest.fail("timed out waiting for a checkpoint")
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    killed_at = max(common.checkpoint_steps(str(model_dir)))
+    assert killed_at < steps, f"killed too late (step {killed_at})"
+    _run_entry_point(model_dir, *flags)
+    got, step = export_encoder.read_params(str(model_dir))
+    want, ref_step = export_encoder.read_params(str(tmp_path / "reference"))
+    assert step == ref_step == steps
+    flat_got = jax.tree_util.tree_flatten_with_path(got)[0]
+    flat_want = jax.tree_util.tree_flatten_with_path(want)[0]
+    assert [p for p, _ in flat_got] == [p for p, _ in flat_want]
+    for (path, a), (_, b) in zip(flat_got, flat_want):
+        assert np.array_equal(a, b), f"{jax.tree_util.keystr(path)} differs after resume"
 
 
 def _resolve(v):
