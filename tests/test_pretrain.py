@@ -2,15 +2,14 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 import tensorflow as tf
+from _kill import sigkill_after_checkpoint
 
 from locca import boxes, pretrain_eval, region_text
 from locca.boxes import BoxCodec, iou
@@ -262,7 +261,6 @@ def test_sigkill_then_resume_is_bitwise(tmp_path):
     run bit for bit: the trainer state, the step's random keys (dropout, parallel
     prediction) and the data stream all resume at the checkpoint's step."""
     from checkpoints import export_encoder
-    from transfer import common
 
     steps = 24
     flags = [f"--gin.TRAIN_STEPS={steps}", "--gin.transfer.pretrain.checkpoint_every=4",
@@ -273,18 +271,7 @@ def test_sigkill_then_resume_is_bitwise(tmp_path):
         _entry_point_cmd(model_dir, *flags), cwd=REPO, env=ENV,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    t0 = time.time()
-    while not common.checkpoint_steps(str(model_dir)):
-        if proc.poll() is not None:
-            pytest.fail(f"run ended before a checkpoint ({proc.returncode}):\n"
-                        f"{proc.stderr.read()[-4000:]}")  # fmt: skip
-        if time.time() - t0 > 300:
-            proc.kill()
-            pytest.fail("timed out waiting for a checkpoint")
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    killed_at = max(common.checkpoint_steps(str(model_dir)))
+    killed_at = sigkill_after_checkpoint(proc, model_dir)
     assert killed_at < steps, f"killed too late (step {killed_at})"
     _run_entry_point(model_dir, *flags)
     got, step = export_encoder.read_params(str(model_dir))

@@ -4,14 +4,13 @@ transfer.train CLI (outputs, SIGKILL + resume bitwise), eval and infer."""
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
+from _kill import sigkill_after_checkpoint
 
 import gin
 from transfer import common, gin_flags
@@ -248,18 +247,7 @@ def test_cli_sigkill_then_resume_is_bitwise(reference_run, tmp_path):
     proc = subprocess.Popen(
         cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
     )
-    t0 = time.time()
-    while not any(s >= 3 for s in common.checkpoint_steps(str(model_dir))):
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"run ended early ({proc.returncode}):\n{out}\n{err[-4000:]}")
-        if time.time() - t0 > 240:
-            proc.kill()
-            pytest.fail("timed out waiting for a checkpoint")
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    killed_at = max(common.checkpoint_steps(str(model_dir)))
+    killed_at = sigkill_after_checkpoint(proc, model_dir, min_step=3, timeout_s=240)
     assert 3 <= killed_at < NUM_STEPS, f"killed too late (step {killed_at})"
     _run(cmd)
     got, step = _final_params(model_dir)
