@@ -211,3 +211,15 @@ def test_pretrain_source_max_objects_bounds_the_scenes():
     default = ShapesSource("pretrain", num_train=30).world()
     assert {len(one.scene(i).objects) for i in range(30)} == {1}
     assert max(len(default.scene(i).objects) for i in range(30)) > 1
+
+
+@pytest.mark.parametrize("kind", ["caption", "vqa", "refexp"])
+def test_scene_of_inverts_the_example_ids(kind):
+    """Every example id of a split names the scene it was made from (the report's
+    REC baselines find each example's objects through it)."""
+    src = ShapesSource(kind, num_train=2, num_validation=3, num_test=1)
+    ids = [ex["id"] for ex in src.examples("validation")]
+    ids = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+    assert ids and sorted({src.scene_of(i) for i in ids}) == list(src.scene_indices("validation"))
+    with pytest.raises(ValueError, match="not a shapes-world example id"):
+        src.scene_of("coco/12")

@@ -10,6 +10,7 @@ prediction files. Percentages throughout (Acc@0.5 %, CIDEr x100).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -442,21 +443,13 @@ def rec_interval_lines(table: Mapping, n: int) -> list[str]:
     return out
 
 
-def _scene_index(example_id: str) -> int:
-    """``shapes/{scene}/ref{j}`` -> scene (the shapes world's example ids)."""
-    parts = str(example_id).split("/")
-    if len(parts) < 2 or parts[0] != "shapes" or not parts[1].isdigit():
-        raise ValueError(f"not a shapes-world example id: {example_id!r}")
-    return int(parts[1])
-
-
 def rec_baseline_lines(cells: Mapping, columns: Sequence[Mapping], num_train: int = 500) -> list:
     """Report lines: the trivial localisation baselines (``locca.boxes.baseline_scores``)
     on the examples each frozen-REC split evaluated: the whole image, the mean
     training box (of the task's first ``num_train`` training boxes) and, from the
     shapes world's scene of each example, its largest object and a random
     object (a perfect detector without grounding). [] for non-shapes tasks."""
-    out = []
+    out, train_mean_box = [], {}  # seqio task -> mean of its first training boxes [4]
     for c in columns:
         if not (c["task"].startswith("rec_protocol:") and c["metric"].endswith("acc@0.5")):
             continue
@@ -464,23 +457,21 @@ def rec_baseline_lines(cells: Mapping, columns: Sequence[Mapping], num_train: in
         split = c["metric"].split("/")[0]
         seqio_task = rec.get("seqio_task", "") if rec else ""
         source = common.get_task(seqio_task).source if seqio_task else None
-        if not (hasattr(source, "world") and hasattr(source, "examples")):
+        if not all(hasattr(source, a) for a in ("world", "examples", "scene_of")):
             continue
         records = _prediction_records(rec, seqio_task, split)
         if not records:
             continue
         world, objects = source.world(), {}  # scene index -> its object boxes [R, 4]
-        for i in sorted({_scene_index(r["id"]) for r in records}):
+        scenes = [source.scene_of(r["id"]) for r in records]
+        for i in sorted(set(scenes)):
             objects[i] = np.array([o.box for o in world.scene(i).objects], np.float64)
         gts = [np.asarray(r["box"], np.float64) for r in records]
-        regions = [objects[_scene_index(r["id"])] for r in records]
-        train_boxes = []
-        for ex in source.examples("train"):
-            train_boxes.append(np.asarray(ex["box"], np.float64))
-            if len(train_boxes) >= num_train:
-                break
+        if seqio_task not in train_mean_box:
+            train = itertools.islice(source.examples("train"), num_train)
+            train_mean_box[seqio_task] = boxes_lib.mean_box([ex["box"] for ex in train])
         scores = boxes_lib.baseline_scores(
-            gts, train_mean_box=boxes_lib.mean_box(train_boxes), regions=regions
+            gts, train_mean_box=train_mean_box[seqio_task], regions=[objects[i] for i in scenes]
         )
         cells_txt = []
         for key, label in AREF_BASELINES:

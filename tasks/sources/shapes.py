@@ -31,6 +31,20 @@ KINDS = {
 PRETRAIN_REGIONS = ("objects", "objects+refexps")
 
 
+def example_id(scene_index: int) -> str:
+    """The id prefix of a scene's examples: ``shapes/{scene}`` (a task kind adds
+    ``/{kind}{j}``, e.g. ``shapes/12/ref0``)."""
+    return f"shapes/{scene_index}"
+
+
+def scene_of(example_id: str) -> int:
+    """The scene index of a shapes-world example id (inverse of :func:`example_id`)."""
+    parts = str(example_id).split("/")
+    if len(parts) < 2 or parts[0] != "shapes" or not parts[1].isdigit():
+        raise ValueError(f"not a shapes-world example id: {example_id!r}")
+    return int(parts[1])
+
+
 def scene_examples(scene, kind: str, split: str, pretrain_regions: str = "objects") -> list[dict]:
     """The raw examples of one scene for a task kind (see module doc).
 
@@ -46,7 +60,7 @@ def scene_examples(scene, kind: str, split: str, pretrain_regions: str = "object
         raise ValueError(
             f"pretrain_regions must be one of {PRETRAIN_REGIONS}, got {pretrain_regions!r}"
         )
-    sid = f"shapes/{scene.index}"
+    sid = example_id(scene.index)
     base = {"image": scene.image}
     out = []
     if kind == "caption":
@@ -176,6 +190,10 @@ class ShapesSource(seqio.DataSource):
 
         extra = {} if self.max_objects is None else {"max_objects": int(self.max_objects)}
         return ShapesWorld(resolution=self.resolution, seed=self.seed, **extra)
+
+    def scene_of(self, example_id: str) -> int:
+        """The scene index behind one of this source's example ids."""
+        return scene_of(example_id)
 
     def scene_indices(self, split: str) -> range:
         if split not in self.ranges:
