@@ -274,6 +274,10 @@ def stage_transfer(
 
 
 def stage_report(out: str, work: str, budget: Mapping, stages: Mapping, encoders=ENCODERS) -> dict:
+    # seqio's seeded reads (the constant baselines' sampled targets) derive their
+    # seeds from TensorFlow's global seed too: seed it as every other stage does,
+    # so that a report-only rerun prints the full run's baselines.
+    _seed_everything(budget["seed"])
     cells = demo_report.read_cells(os.path.join(work, "transfer"))
     register_demo_tasks([t for (_, t) in cells])
     return demo_report.write_report(out, work, budget, stages, cells, encoders)
