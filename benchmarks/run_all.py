@@ -1,7 +1,7 @@
 """Runs every benchmark in sequence with small arguments (``make bench``).
 
     python -m benchmarks.run_all          # decode_speed, shapes_speed, pretrain_step,
-                                          # resume_latency (~2 min)
+                                          # rec_step, resume_latency (~2 min)
     python -m benchmarks.run_all --all    # also aref_diagnostics overfit (minutes)
     python -m benchmarks.run_all --only decode_speed --only shapes_speed
 
@@ -25,6 +25,7 @@ BENCHMARKS: tuple[tuple[str, list[str]], ...] = (
     ("decode_speed", ["--batch", "2", "--new_tokens", "8", "--layers", "2", "--vocab", "2304"]),
     ("shapes_speed", ["--num", "100"]),
     ("pretrain_step", ["--batch", "8", "--steps", "3"]),
+    ("rec_step", ["--batch", "8", "--steps", "3"]),
     ("resume_latency", ["--num_train", "100", "--batch", "8", "--steps", "0", "200"]),
 )
 # Minutes: only with --all.

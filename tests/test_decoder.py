@@ -96,6 +96,16 @@ def test_kv_cache_decode_equals_full_forward(setup):
         np.testing.assert_allclose(np.asarray(logits), np.asarray(full[:, i]), atol=2e-5, rtol=1e-5)
 
 
+def test_positions_give_the_full_forward_logits_at_those_positions(setup):
+    model, params, enc, tokens = setup
+    full = model.apply({"params": params}, enc, tokens)  # [B, L, V]
+    positions = jnp.array([[0, 4, 8], [2, 2, 3], [8, 7, 1]])  # [B, K], any order, repeats
+    got = model.apply({"params": params}, enc, tokens, positions=positions)  # [B, K, V]
+    assert got.shape == (3, 3, V)
+    want = jnp.take_along_axis(full, positions[..., None], axis=1)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=1e-5)
+
+
 def test_causal_mask_is_causal(setup):
     model, params, enc, tokens = setup
     base = model.apply({"params": params}, enc, tokens)

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -36,6 +37,65 @@ def test_pack_prompt_and_target():
         p["decoder_loss_weights"], [[0, 0, 0, 1, 1, 1, 0], [0, 0, 1, 1, 0, 0, 0]]
     )
     np.testing.assert_array_equal(p["prompt_length"], [3, 2])
+
+
+def test_loss_slots_cover_exactly_the_weighted_positions():
+    inputs = np.array([[5, 6, 1, 0], [7, 1, 0, 0], [3, 4, 5, 1]])
+    targets = np.array([[9, 8, 1], [4, 1, 0], [6, 2, 1]])  # row 3: truncated at max_len
+    p = rec_protocol.pack_prompt_and_target(inputs, targets, max_len=6)
+    positions, weights = rec_protocol.loss_slots(p["decoder_loss_weights"], num_slots=3)
+    np.testing.assert_array_equal(positions, [[3, 4, 5], [2, 3, 4], [4, 5, 5]])
+    np.testing.assert_array_equal(weights, [[1, 1, 1], [1, 1, 0], [1, 1, 0]])
+    # Every weighted position is one weighted slot, no more, no less.
+    for b in range(3):
+        want = np.flatnonzero(p["decoder_loss_weights"][b])
+        np.testing.assert_array_equal(np.asarray(positions[b])[np.asarray(weights[b]) > 0], want)
+
+
+def test_slot_loss_equals_the_full_sequence_loss():
+    """The box-slot loss (vocabulary projection on K slots only) has the value and
+    the gradients of the token cross-entropy over all L positions with the
+    prompt's weights at 0, on a decoder with a non-zero head."""
+    from locca import losses
+
+    spec = common.encoder(name="tiny", vit_config=VIT, resolution=32)
+    dec = rec_protocol.build_decoder(spec.vit_config, vocab_size=50, max_len=9, depth=1)
+    frozen = {"encoder": rec_protocol.encoder_params(spec)}
+    enc_tokens = np.zeros((1, 4, 16), np.float32)
+    params = dec.init(jax.random.PRNGKey(0), enc_tokens, np.zeros((1, 9), np.int32))["params"]
+    leaves, tree = jax.tree.flatten(nn.unbox(params))
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    params = {"decoder": jax.tree.unflatten(
+        tree, [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])}  # fmt: skip
+    rng = np.random.RandomState(0)
+    inputs = np.array([[5, 6, 1, 0, 0], [7, 1, 0, 0, 0], [3, 4, 5, 8, 1]])
+    targets = np.array([[9, 8, 11, 1], [4, 1, 0, 0], [6, 2, 10, 1]])  # row 3 truncated
+    batch = {
+        "image": rng.randint(0, 255, (3, 32, 32, 3)).astype(np.uint8),
+        **rec_protocol.pack_prompt_and_target(inputs, targets, max_len=9),
+    }
+    batch.pop("prompt_length")
+    encode = rec_protocol.make_encode_fn(spec)
+
+    def full_loss(p):
+        logits = dec.apply({"params": p["decoder"]}, encode(frozen, batch["image"]),
+                           batch["decoder_input_tokens"])  # fmt: skip
+        total, count, _ = losses.token_cross_entropy(
+            logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+        )
+        return total / count
+
+    slot_fn = rec_protocol.make_loss_fn(spec, dec, num_slots=4)
+
+    def slot_loss(p):
+        return slot_fn(p, frozen, batch, jax.random.PRNGKey(0))[0]
+
+    want, g_want = jax.jit(jax.value_and_grad(full_loss))(params)
+    got, g_got = jax.jit(jax.value_and_grad(slot_loss))(params)
+    assert float(want) > 1.0
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-4)
 
 
 def _sha(path):
@@ -107,7 +167,7 @@ def test_encoder_gets_no_gradient():
             if k != "prompt_length"
         },
     }
-    loss_fn = rec_protocol.make_loss_fn(spec, dec)
+    loss_fn = rec_protocol.make_loss_fn(spec, dec, num_slots=2)
     g_enc = jax.jit(jax.grad(lambda f: loss_fn(params, f, batch, jax.random.PRNGKey(0))[0]))(frozen)
     assert all(float(np.abs(x).max()) == 0.0 for x in jax.tree.leaves(g_enc))
     g_dec = jax.jit(jax.grad(lambda p: loss_fn(p, frozen, batch, jax.random.PRNGKey(0))[0]))(params)

@@ -175,22 +175,56 @@ def make_encode_fn(spec: common.EncoderSpec):
     return encode
 
 
-def make_loss_fn(spec: common.EncoderSpec, decoder: decoder_lib.Decoder):
-    """Trainer ``loss_fn(params, frozen, batch, rng)``: token cross-entropy on the box."""
+def loss_slots(weights: jax.Array, num_slots: int) -> tuple[jax.Array, jax.Array]:
+    """The sequence positions that carry the loss, as ``num_slots`` slots per row.
+
+    ``pack_prompt_and_target`` writes each row's box tokens contiguously (weight
+    1) after its prompt (weight 0), at most ``num_slots`` of them (the task's
+    target length). Slot k of row b is position ``first_b + k``, ``first_b`` the
+    row's first weighted position.
+
+    Args:
+      weights: [B, L] ``decoder_loss_weights``.
+      num_slots: K >= the number of weighted positions of any row.
+
+    Returns:
+      ``(positions [B, K] int32 in [0, L), slot weights [B, K] float32)``: the
+      slot weights are the weights at those positions, 0 for slots past the end
+      of the sequence (their position is clipped to L - 1).
+    """
+    weights = jnp.asarray(weights)
+    length = weights.shape[1]
+    first = jnp.argmax(weights > 0, axis=1).astype(jnp.int32)  # [B]; 0 for a row without weights
+    positions = first[:, None] + jnp.arange(num_slots, dtype=jnp.int32)[None]  # [B, K]
+    inside = positions < length
+    positions = jnp.minimum(positions, length - 1)
+    slot_weights = jnp.take_along_axis(weights, positions, axis=1).astype(jnp.float32)
+    return positions, slot_weights * inside
+
+
+def make_loss_fn(spec: common.EncoderSpec, decoder: decoder_lib.Decoder, num_slots: int):
+    """Trainer ``loss_fn(params, frozen, batch, rng)``: token cross-entropy on the box.
+
+    Only the ``num_slots`` box positions of each row (:func:`loss_slots`) go
+    through the vocabulary projection: the same loss and gradients as the full
+    [B, L, V] logits with the prompt's weights at 0, at a fraction of the cost
+    (the projection is most of this small decoder's step).
+    """
     encode = make_encode_fn(spec)
 
     def loss_fn(params, frozen, batch, rng):
         encoded = encode(frozen, batch["image"])  # [B, N, D]
+        positions, weights = loss_slots(batch["decoder_loss_weights"], num_slots)  # [B, K]
         logits = decoder.apply(
             {"params": params["decoder"]},
             encoded,
             batch["decoder_input_tokens"],
             train=True,
+            positions=positions,
             rngs={"dropout": rng},
-        )  # [B, L, V]
-        total, count, correct = losses.token_cross_entropy(
-            logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
-        )
+        )  # [B, K, V]
+        targets = jnp.take_along_axis(batch["decoder_target_tokens"], positions, axis=1)
+        total, count, correct = losses.token_cross_entropy(logits, targets, weights)
         denom = jnp.maximum(count, 1.0)
         return total / denom, {"token_accuracy": correct / denom}
 
@@ -352,7 +386,7 @@ def rec_protocol(
     state = trainer_train(
         model_dir=model_dir,
         init_params=init,
-        loss_fn=make_loss_fn(encoder, decoder),
+        loss_fn=make_loss_fn(encoder, decoder, int(lengths["targets"])),
         optimizer=optimizer,
         batches=_rec_batches(base, max_len),
         num_steps=train_steps,

@@ -306,8 +306,13 @@ class Decoder(nn.Module):
         *,
         train: bool = False,
         decode: bool = False,
+        positions: Array | None = None,  # [B, K] int: only these positions' logits
     ) -> Array:
-        """Returns logits [B, L, vocab_size] float32.
+        """Returns logits [B, L, vocab_size] float32 ([B, K, vocab_size] with
+        ``positions``: the logits at ``positions[b, k]`` of row b, the same
+        values as the full call's, without computing the vocabulary
+        projection of the other positions; a loss on K of L tokens needs
+        only these).
 
         ``encoded`` may have fewer rows than ``tokens``: with B = G * B_enc,
         token row ``g * B_enc + b`` cross-attends to image ``b`` (LocCa's task
@@ -367,6 +372,8 @@ class Decoder(nn.Module):
                 name=f"encoderblock_{i}",
             )(x, encoded, self_mask, decode, deterministic)
 
+        if positions is not None:  # [B, L, D] -> [B, K, D]
+            x = jnp.take_along_axis(x, jnp.asarray(positions, jnp.int32)[..., None], axis=1)
         x = _layer_norm("LayerNorm", self.use_bias)(x)
         logits = nn.Dense(
             self.vocab_size,
