@@ -9,7 +9,8 @@ positions instead of from a sequence of stateful shuffles:
   raw shard   the split's examples of shard j of V, before the cache placeholder
               (source + pre-cache preprocessors, e.g. the pretraining
               region/caption filter), read once, in the source's order, into
-              memory: n examples (raw fields only; images on disk stay paths)
+              memory: n examples (raw fields only; images on disk stay paths),
+              held as one tensor per field and looked up by index in tf.data
   position g  epoch e = g // n, offset r = g % n; example perm_e[r], where
               perm_e = numpy ``default_rng([seed, j, V, e]).permutation(n)``
   seed of g   ``stateless_fold_in`` of (seed, j, V, g): the example's own seed
@@ -66,6 +67,52 @@ def _raw_shard(task: seqio.Task, split: str, shard_info: seqio.ShardInfo | None)
 
 def _nonneg(x: int) -> int:
     return int(x) % (1 << 63)
+
+
+class _Columns:
+    """A shard's raw examples as tensors, one per field, for lookups by index in
+    tf.data (no Python per example: the stream's old ``from_generator`` of
+    example dicts cost ~1 ms of GIL-holding Python an example, competing with
+    the training step's dispatch).
+
+    A field whose values share one shape is one stacked tensor [n, ...]; a
+    field of varying shapes (images of different sizes, lists of different
+    lengths) is its values' concatenated elements [sum of sizes] with each
+    value's offset and shape, reshaped back on lookup. Values are converted to
+    the element spec's dtype, as ``from_generator`` did.
+    """
+
+    def __init__(self, examples: list[dict], spec: dict, task_name: str):
+        self._stacked, self._flat = {}, {}
+        for key, field_spec in spec.items():
+            as_object = field_spec.dtype == tf.string  # str / bytes, any length, even none
+            values = [np.asarray(ex[key], dtype=object if as_object else None) for ex in examples]
+            shapes = {v.shape for v in values}
+            if any(len(s) != len(field_spec.shape) for s in shapes):
+                raise ValueError(
+                    f"task {task_name}: raw field {key!r} has ranks "
+                    f"{sorted({len(s) for s in shapes})}, the element spec {field_spec.shape}"
+                )
+            if len(shapes) == 1:
+                self._stacked[key] = tf.constant(np.stack(values), dtype=field_spec.dtype)
+            else:
+                sizes = np.array([v.size for v in values], np.int64)
+                offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+                flat = np.concatenate([v.reshape(-1) for v in values])
+                self._flat[key] = (
+                    tf.constant(flat, dtype=field_spec.dtype),  # [sum of sizes]
+                    tf.constant(offsets),  # [n]
+                    tf.constant(sizes),  # [n]
+                    tf.constant(np.array([v.shape for v in values], np.int64)),  # [n, rank]
+                )
+
+    def example(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Raw example ``index`` (int64 scalar tensor) as a dict of tensors."""
+        ex = {k: tf.gather(col, index) for k, col in self._stacked.items()}
+        for k, (flat, offsets, sizes, shapes) in self._flat.items():
+            begin, size = tf.gather(offsets, index), tf.gather(sizes, index)
+            ex[k] = tf.reshape(flat[begin : begin + size], tf.gather(shapes, index))
+        return ex
 
 
 class ResumableTask(seqio.Task):
@@ -165,21 +212,25 @@ class ResumableTask(seqio.Task):
         if not isinstance(spec, dict) or POSITION in spec or prep.EXAMPLE_SEED in spec:
             raise ValueError(f"task {self.name}: raw examples must be dicts without {POSITION!r}")
 
-        def gen():
-            g, epoch, perm = start, -1, None
-            while True:
-                e, r = divmod(g, n)
-                if e != epoch:  # one permutation per epoch, from (seed, shard, epoch) only
-                    perm = np.random.default_rng([_nonneg(seed), j, v, e]).permutation(n)
-                    epoch = e
-                ex = dict(examples[perm[r]])
-                ex[POSITION] = np.int64(g)
-                yield ex
-                g += 1
+        columns = _Columns(examples, spec, self.name)
 
-        sig = dict(spec)
-        sig[POSITION] = tf.TensorSpec([], tf.int64)
-        ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
+        def index_chunks():  # (raw indices [m], positions [m]): the rest of one epoch at a time
+            g = start
+            while True:
+                e, r = divmod(g, n)  # one permutation per epoch, from (seed, shard, epoch) only
+                perm = np.random.default_rng([_nonneg(seed), j, v, e]).permutation(n)
+                yield perm[r:].astype(np.int64), np.arange(g, g + n - r, dtype=np.int64)
+                g += n - r
+
+        chunk_sig = (tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int64))
+        ds = tf.data.Dataset.from_generator(index_chunks, output_signature=chunk_sig).unbatch()
+
+        def lookup(index, position):
+            ex = columns.example(index)
+            ex[POSITION] = position
+            return ex
+
+        ds = ds.map(lookup, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         base = tf.constant([_nonneg(seed) >> 32, _nonneg(seed) & 0xFFFFFFFF], tf.int64)
         base = tf.random.experimental.stateless_fold_in(base, j)
         base = tf.random.experimental.stateless_fold_in(base, v)

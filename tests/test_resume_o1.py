@@ -251,3 +251,82 @@ def test_raw_examples_python_path_equals_tf_path():
             assert g.keys() == w.keys()
             for k in g:
                 np.testing.assert_array_equal(g[k], w[k], err_msg=k)
+
+
+def test_raw_columns_give_the_generator_examples():
+    """The indexed stream's raw-example lookup (tensors per field, no Python per
+    example) returns what ``from_generator`` made of the same examples: equal
+    shapes (images of two sizes, string lists of different lengths, none),
+    dtypes and values."""
+    import tensorflow as tf
+
+    from tasks.resumable import _Columns
+
+    rng = np.random.default_rng(0)
+    examples = [
+        {"id": "a", "image": rng.integers(0, 255, (4, 6, 3), dtype=np.uint8),
+         "answers": ["yes", "no"], "box": [0.1, 0.2, 0.3, 0.4]},
+        {"id": "bé", "image": rng.integers(0, 255, (5, 2, 3), dtype=np.uint8),
+         "answers": [], "box": [0.5, 0.5, 1.0, 1.0]},
+        {"id": b"c", "image": rng.integers(0, 255, (4, 6, 3), dtype=np.uint8),
+         "answers": ["a picture of three words"], "box": [0, 0, 1, 1]},
+    ]  # fmt: skip
+    spec = {
+        "id": tf.TensorSpec([], tf.string),
+        "image": tf.TensorSpec([None, None, 3], tf.uint8),
+        "answers": tf.TensorSpec([None], tf.string),
+        "box": tf.TensorSpec([4], tf.float64),
+    }
+    want = list(
+        tf.data.Dataset.from_generator(
+            lambda: iter(examples), output_signature=spec
+        ).as_numpy_iterator()
+    )
+    columns = _Columns(examples, spec, "columns_test")
+    order = [2, 0, 1, 1]
+    got = list(
+        tf.data.Dataset.from_tensor_slices(np.array(order, np.int64))
+        .map(columns.example)
+        .as_numpy_iterator()
+    )
+    for g, i in zip(got, order):
+        w = want[i]
+        assert g.keys() == w.keys()
+        for k in w:
+            assert np.asarray(g[k]).dtype == np.asarray(w[k]).dtype, k
+            assert np.shape(g[k]) == np.shape(w[k]), k
+            np.testing.assert_array_equal(g[k], w[k], err_msg=k)
+    with pytest.raises(ValueError, match="columns_test.*'box'"):
+        _Columns([{"box": [1.0, 2.0]}, {"box": [[1.0, 2.0]]}], {"box": spec["box"]}, "columns_test")
+
+
+def test_indexed_stream_reads_the_permuted_raw_examples():
+    """Position g of the stream is raw example perm_e[g % n], perm_e = numpy
+    default_rng([seed, shard, num_shards, epoch]).permutation(n): bitwise the
+    raw fields (a task without post-cache preprocessors), across two epochs,
+    from a start inside the first."""
+    import seqio
+
+    from tasks import registry
+    from tasks.sources.shapes import ShapesSource
+
+    t = registry.add_task(
+        "shapes_caption_indexed_raw_test", config={"test": "indexed_raw"},
+        source=ShapesSource("caption", resolution=32, num_train=7),
+        preprocessors=[seqio.CacheDatasetPlaceholder()],
+        output_features={}, metric_fns=[],
+    )  # fmt: skip
+    raw, _ = t.raw_examples("train", None, 5)
+    n = len(raw)
+    want = []
+    for e in range(2):
+        want += [raw[i] for i in np.random.default_rng([5, 0, 1, e]).permutation(n)]
+    start = 3
+    ds = t.indexed_stream(start, split="train", seed=5, trim_output_features=False)
+    got = list(ds.take(2 * n - start).as_numpy_iterator())
+    assert len(got) == 2 * n - start
+    for g, w in zip(got, want[start:]):
+        assert g.keys() == w.keys()
+        assert g["id"].decode() == w["id"]
+        np.testing.assert_array_equal(g["image"], w["image"])
+        assert [c.decode() for c in g["captions"]] == list(w["captions"])
