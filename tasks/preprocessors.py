@@ -15,11 +15,14 @@ Preprocessors add `image` (uint8 [S, S, 3]), `inputs`, `targets` (strings,
 tokenised later by seqio.preprocessors.tokenize) and keep every raw field for
 the metrics (`references`: all target strings of the example).
 
-Random choices: an example that carries `EXAMPLE_SEED` (int64 [2], set by the
-indexed training stream of tasks/resumable.py from the example's position) is
-sampled with stateless seeds folded from it, so its choices do not depend on
-which examples came before; otherwise the seeds are seqio's per-example seed
-stream (`map_over_dataset(num_seeds=...)`, deterministic given the task seed).
+Random choices: an example that carries `EXAMPLE_SEED` (int64 [2], set by
+tasks/resumable.py from the read's seed, shard and the example's position: in
+the indexed training stream and in every other read of a registered task) is
+sampled with stateless seeds folded from it, so its choices depend on nothing
+else (not on the examples before it, nor on TensorFlow's global seed);
+otherwise (a plain seqio.Task) the seeds are seqio's per-example seed stream
+(`map_over_dataset(num_seeds=...)`), which also mixes in TensorFlow's global
+seed and is nondeterministic when neither seed is set.
 """
 
 from __future__ import annotations

@@ -39,6 +39,8 @@ stream is skipped after preprocessing, as before (O(k)).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -67,6 +69,17 @@ def _raw_shard(task: seqio.Task, split: str, shard_info: seqio.ShardInfo | None)
 
 def _nonneg(x: int) -> int:
     return int(x) % (1 << 63)
+
+
+def _seed_base(seed: int, shard_index: int, num_shards: int) -> tf.Tensor:
+    """int64 [2]: the stream's stateless seed for (seed, shard j, of V); an
+    example's ``EXAMPLE_SEED`` is it folded with the example's position."""
+    base = tf.constant([_nonneg(seed) >> 32, _nonneg(seed) & 0xFFFFFFFF], tf.int64)
+    base = tf.random.experimental.stateless_fold_in(base, shard_index)
+    return tf.random.experimental.stateless_fold_in(base, num_shards)
+
+
+_READING = threading.local()  # .shard: (j, V) of the seqio read in progress (get_dataset)
 
 
 class _Columns:
@@ -142,18 +155,56 @@ class ResumableTask(seqio.Task):
                     shard_info=shard_info,
                     trim_output_features=trim_output_features,
                 )
-        return super().get_dataset(
-            sequence_length=sequence_length,
-            split=split,
-            use_cached=use_cached,
-            shuffle=shuffle,
-            shuffle_buffer_size=shuffle_buffer_size,
-            seed=seed,
-            shard_info=shard_info,
-            num_epochs=num_epochs,
-            trim_output_features=trim_output_features,
-            try_in_mem_cache=try_in_mem_cache,
-        )
+        previous = getattr(_READING, "shard", None)
+        _READING.shard = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
+        try:
+            return super().get_dataset(
+                sequence_length=sequence_length,
+                split=split,
+                use_cached=use_cached,
+                shuffle=shuffle,
+                shuffle_buffer_size=shuffle_buffer_size,
+                seed=seed,
+                shard_info=shard_info,
+                num_epochs=num_epochs,
+                trim_output_features=trim_output_features,
+                try_in_mem_cache=try_in_mem_cache,
+            )
+        finally:
+            _READING.shard = previous
+
+    def preprocess_postcache(self, dataset, sequence_length, seed=None):
+        """seqio's post-cache preprocessing, each example carrying its own seed.
+
+        An example without ``EXAMPLE_SEED`` (seqio's read: evaluation,
+        ``shuffle=False``, finite epochs, a mixture's sub-task) gets one from
+        (``seed``, 0 when None; the read's shard; its position in the stream
+        after the pre-cache preprocessors and the repeat), as the indexed
+        stream does, and it is dropped again after the preprocessors. The
+        format preprocessors' random choices (sampled caption, answer,
+        expression) then depend on these alone: not on TensorFlow's global
+        seed, which seqio's own per-map seed stream (``tf.data.Dataset.random``)
+        mixes in, nor on the process (that stream is nondeterministic when
+        neither seed is set). seqio's final shuffle buffer and a mixture's
+        sampling still use TensorFlow's seeding (``tf.random.set_seed``).
+        """
+        if prep.EXAMPLE_SEED in dataset.element_spec:  # the indexed stream: seeded already
+            return super().preprocess_postcache(dataset, sequence_length, seed=seed)
+        j, v = getattr(_READING, "shard", None) or (0, 1)
+        base = _seed_base(0 if seed is None else int(seed), j, v)
+
+        def add_seed(position, ex):
+            ex = dict(ex)
+            ex[prep.EXAMPLE_SEED] = tf.random.experimental.stateless_fold_in(base, position)
+            return ex
+
+        dataset = dataset.enumerate().map(add_seed, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = super().preprocess_postcache(dataset, sequence_length, seed=seed)
+
+        def drop_seed(ex):
+            return {k: x for k, x in ex.items() if k != prep.EXAMPLE_SEED}
+
+        return dataset.map(drop_seed, num_parallel_calls=tf.data.AUTOTUNE)
 
     def raw_examples(self, split: str, shard_info: seqio.ShardInfo | None, seed: int):
         """-> (the shard's raw examples as numpy dicts, their tf.data element spec).
@@ -231,9 +282,7 @@ class ResumableTask(seqio.Task):
             return ex
 
         ds = ds.map(lookup, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        base = tf.constant([_nonneg(seed) >> 32, _nonneg(seed) & 0xFFFFFFFF], tf.int64)
-        base = tf.random.experimental.stateless_fold_in(base, j)
-        base = tf.random.experimental.stateless_fold_in(base, v)
+        base = _seed_base(seed, j, v)
 
         def add_seed(ex):
             ex = dict(ex)

@@ -161,10 +161,15 @@ def test_evaluator_metrics_and_png(evaluator_and_params):
 def test_evaluator_scores_an_oracle(evaluator_and_params, monkeypatch):
     """With generations replaced by the true box text, Acc@0.5 is 1."""
     ev, params, _ = evaluator_and_params
-    truth = {p: BoxCodec().encode(g) for p, g in zip(ev.aref_prompts, ev.aref_gt)}
+    # Keyed on (image, prompt): two scenes may share a prompt ("locate en red circle").
+    truth = {
+        (img.tobytes(), p): BoxCodec().encode(g)
+        for img, p, g in zip(ev.data["image"], ev.aref_prompts, ev.aref_gt)
+        if p
+    }
 
     def oracle(params, images, prompts, max_len, banned=()):
-        return [" " + truth[p] if p else "" for p in prompts]
+        return [" " + truth[(im.tobytes(), p)] if p else "" for im, p in zip(images, prompts)]
 
     monkeypatch.setattr(ev, "generate", oracle)
     monkeypatch.setattr(ev, "num_render", 0)

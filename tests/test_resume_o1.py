@@ -330,3 +330,33 @@ def test_indexed_stream_reads_the_permuted_raw_examples():
         assert g["id"].decode() == w["id"]
         np.testing.assert_array_equal(g["image"], w["image"])
         assert [c.decode() for c in g["captions"]] == list(w["captions"])
+
+
+def test_seqio_reads_draw_from_per_example_seeds(task):
+    """A read outside the indexed stream (evaluation: shuffle=False, one epoch)
+    samples each example's caption from its own seed (seed, shard, position):
+    the same whatever TensorFlow's global seed, different for another seed."""
+    import seqio
+    import tensorflow as tf
+
+    def captions(global_seed, seed=None, shard_info=None):
+        tf.random.set_seed(global_seed)
+        ds = task.get_dataset(
+            sequence_length=LENGTHS, split="train", shuffle=False, num_epochs=2, seed=seed,
+            shard_info=shard_info, use_cached=False,
+        )  # fmt: skip
+        return [ex["targets_pretokenized"] for ex in ds.as_numpy_iterator()]
+
+    try:
+        ref = captions(0)
+        assert len(ref) == 2 * NUM_TRAIN
+        assert captions(5) == ref
+        assert captions(5, seed=0) == ref  # seed None reads as seed 0
+        assert captions(0, seed=1) != ref
+        assert ref[:NUM_TRAIN] != ref[NUM_TRAIN:]  # the second epoch samples afresh
+        half = captions(0, shard_info=seqio.ShardInfo(1, 2))
+        assert captions(7, shard_info=seqio.ShardInfo(1, 2)) == half
+    finally:
+        tf.random.set_seed(None)
+    assert not any("_locca" in k for k in task.get_dataset(
+        sequence_length=LENGTHS, split="train", shuffle=False).element_spec)  # fmt: skip

@@ -274,9 +274,10 @@ def stage_transfer(
 
 
 def stage_report(out: str, work: str, budget: Mapping, stages: Mapping, encoders=ENCODERS) -> dict:
-    # seqio's seeded reads (the constant baselines' sampled targets) derive their
-    # seeds from TensorFlow's global seed too: seed it as every other stage does,
-    # so that a report-only rerun prints the full run's baselines.
+    # Seeded as every other stage. The constant baselines' sampled targets no
+    # longer need it (tasks/resumable.py: per-example seeds, whatever
+    # TensorFlow's global seed), but nothing in a stage should depend on what
+    # ran before it in the process.
     _seed_everything(budget["seed"])
     cells = demo_report.read_cells(os.path.join(work, "transfer"))
     register_demo_tasks([t for (_, t) in cells])
