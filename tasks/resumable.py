@@ -230,6 +230,18 @@ class ResumableTask(seqio.Task):
         self._raw_examples_cache = (key, result)  # the last shard read: one at a time
         return result
 
+    def _columns(self, examples: list, spec) -> _Columns:
+        """The tensors of ``examples``; kept with the cached raw shard (built once
+        for the runs of one job, not once per stream)."""
+        cached_raw = getattr(self, "_raw_examples_cache", None)
+        cached = getattr(self, "_columns_cache", None)
+        if cached is not None and cached[0] is examples:
+            return cached[1]
+        columns = _Columns(examples, spec, self.name)
+        if cached_raw is not None and cached_raw[1][0] is examples:
+            self._columns_cache = (examples, columns)  # the cached shard's: one at a time
+        return columns
+
     def _read_raw_examples(self, split: str, shard_info: seqio.ShardInfo | None, seed: int):
         ds = self.preprocess_precache(_raw_shard(self, split, shard_info), seed=seed)
         python_examples = getattr(self.source, "examples", None)
@@ -263,7 +275,7 @@ class ResumableTask(seqio.Task):
         if not isinstance(spec, dict) or POSITION in spec or prep.EXAMPLE_SEED in spec:
             raise ValueError(f"task {self.name}: raw examples must be dicts without {POSITION!r}")
 
-        columns = _Columns(examples, spec, self.name)
+        columns = self._columns(examples, spec)
 
         def index_chunks():  # (raw indices [m], positions [m]): the rest of one epoch at a time
             g = start

@@ -360,3 +360,16 @@ def test_seqio_reads_draw_from_per_example_seeds(task):
         tf.random.set_seed(None)
     assert not any("_locca" in k for k in task.get_dataset(
         sequence_length=LENGTHS, split="train", shuffle=False).element_spec)  # fmt: skip
+
+
+def test_a_cached_raw_shard_builds_its_tensors_once(task):
+    """Two streams of the same in-memory shard share its tensors (the demo trains
+    three encoders on one task: one copy, not three)."""
+    a = task.indexed_stream(0, sequence_length=LENGTHS, split="train", seed=3)
+    cols = task._columns_cache[1]
+    b = task.indexed_stream(5, sequence_length=LENGTHS, split="train", seed=3)
+    assert task._columns_cache[1] is cols
+    _equal(
+        {k: v.numpy() for k, v in next(iter(a.skip(5))).items()},
+        {k: v.numpy() for k, v in next(iter(b)).items()},
+    )
