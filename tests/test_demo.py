@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 
 from transfer import demo, demo_report
@@ -94,6 +95,9 @@ def test_same_seed_same_table(tmp_path):
     rows = json.loads(table)["rows"]
     assert [r["encoder"] for r in rows] == ["cap", "locca"]
     assert "no verdict" in report
+    # holistic parity: VQA per encoder with intervals, LocCa - Cap paired
+    assert re.search(r"^- VQA.*\(n = \d+; 95% interval.*Paired over the same examples: "
+                     r"LocCa − Cap [+-]\d", report, re.M)  # fmt: skip
     # The REC splits' trivial baselines read the shapes world's scene of each
     # example: its true box is one of the scene's objects, so a random object
     # hits with probability >= 1 / (objects in the scene) > 0.
@@ -154,3 +158,59 @@ def test_trivial_baseline_answer_is_the_same_every_time():
         tf.random.set_seed(None)
     assert got[0] == got[1]
     assert got[0][1].startswith("most frequent training caption")
+
+
+def _vqa_cell(tmp_path, encoder, correct, keys=None):
+    """A transfer cell whose recorded predictions answer ``correct`` [n] right."""
+    records = [
+        {
+            "index": i,
+            "inputs": f"q{i if keys is None else keys[i]}",
+            "postprocessed": "yes" if ok else "no",
+            "target": {"answers": ["yes"] * 10},
+        }
+        for i, ok in enumerate(correct)
+    ]
+    path = tmp_path / f"{encoder}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return {"encoder": encoder, "task": "shapes_vqa", "seqio_task": "shapes_vqa",
+            "predictions": str(path)}  # fmt: skip
+
+
+def test_holistic_lines_pair_the_encoders_on_the_same_examples(tmp_path):
+    n = 200
+    rng = np.random.default_rng(0)
+    cap = rng.random(n) < 0.5
+    locca = cap.copy()
+    locca[np.flatnonzero(~cap)[:30]] = True  # LocCa: Cap's right answers plus 30 more
+    cells = {
+        ("cap", "shapes_vqa"): _vqa_cell(tmp_path, "cap", cap),
+        ("locca", "shapes_vqa"): _vqa_cell(tmp_path, "locca", locca),
+    }
+    col = {"key": "shapes_vqa/vqa_accuracy", "label": "VQA acc", "task": "shapes_vqa",
+           "metric": "vqa_accuracy"}  # fmt: skip
+    lines = demo_report.holistic_lines(cells, [col], ["cap", "locca"])
+    line = lines[0]
+    assert f"(n = {n};" in line
+    m, lo, hi = (100 * cap.mean(), *(100 * x for x in _mean_ci(cap)))
+    assert f"Cap {m:.2f} [{lo:.2f}, {hi:.2f}]" in line
+    # paired: the differences are 0 or 100 (30 of them 100), so the interval is
+    # far narrower than the two encoders' own intervals and excludes 0
+    d = 100.0 * (locca.astype(float) - cap.astype(float))
+    half = 1.959963984540054 * d.std(ddof=1) / np.sqrt(n)
+    assert f"LocCa − Cap +15.00 [{15 - half:+.2f}, {15 + half:+.2f}] (outside the noise)" in line
+    assert "training noise" in lines[-1].lower()
+    # equal answers: the paired difference is exactly 0, inside the noise
+    cells[("locca", "shapes_vqa")] = _vqa_cell(tmp_path, "locca", cap)
+    same = demo_report.holistic_lines(cells, [col], ["cap", "locca"])[0]
+    assert "LocCa − Cap +0.00 [+0.00, +0.00] (inside the noise)" in same
+    # different evaluated examples: no pairing
+    keys = list(range(1, n + 1))
+    cells[("locca", "shapes_vqa")] = _vqa_cell(tmp_path, "locca", cap, keys=keys)
+    assert "different examples" in demo_report.holistic_lines(cells, [col], ["cap", "locca"])[0]
+
+
+def _mean_ci(x):
+    x = np.asarray(x, float)
+    half = 1.959963984540054 * x.std(ddof=1) / np.sqrt(x.size)
+    return x.mean() - half, x.mean() + half

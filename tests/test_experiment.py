@@ -134,11 +134,11 @@ def _table():
         dict(key="t3/acc@0.5", label="REC Acc@0.5", task="t3", metric="acc@0.5", scale=1.0),
     ]
     cells = {
-        ("a", "t1"): {"cider": 12.3456},
+        ("a", "t1"): {"cider": 12.3456, "cider_low": 10.0, "cider_high": 14.6912},
         ("a", "t2"): {"anls": 0.123456},
         ("b", "t1"): {"cider": 0.004},
         ("b", "t2"): {"anls": 1.0},
-        ("b", "t3"): {"acc@0.5": 87.5},
+        ("b", "t3"): {"acc@0.5": 87.5, "acc@0.5_low": 80.25, "acc@0.5_high": 92.5},
     }
     return report_lib.make_table("T", ["a", "b"], cols, cells)
 
@@ -152,6 +152,14 @@ def test_table_writers_agree(tmp_path):
     from_json = {r["encoder"]: [r["values"][c["key"]] for c in js["columns"]] for r in js["rows"]}
     assert md == csv == from_json
     assert from_json == {"a": [12.35, 12.35, None], "b": [0.0, 100.0, 87.5]}
+    # 95% intervals (scaled and rounded like the values) where the metric gave one
+    assert [r["intervals"] for r in js["rows"]] == [
+        {"t1/cider": [10.0, 14.69]},
+        {"t3/acc@0.5": [80.25, 92.5]},
+    ]
+    md_text = open(paths["md"]).read()
+    assert "| a | 12.35 [10.00, 14.69] | 12.35 | - |" in md_text
+    assert "| b | 0.00 | 100.00 | 87.50 [80.25, 92.50] |" in md_text
     # Headers carry the same labels in the same order.
     header = open(paths["csv"]).readline().strip().split(",")
     assert header[1:] == [c["label"] for c in js["columns"]]

@@ -1,5 +1,6 @@
 """ANLS: hand-computed cases around the 0.5 threshold, normalisation, edit distance."""
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,7 +32,10 @@ def test_anls_hand_cases(pred, ref, expected):
 def test_max_over_references_and_mean():
     assert anls_score("abd", ["xyz", "abc"]) == pytest.approx(2 / 3)
     out = anls([["abc"], ["xyz", "abcd"], ["q"]], ["abc", "abc", "zz"])
-    assert out == {"anls": pytest.approx((1 + 0.75 + 0) / 3)}
+    assert out["anls"] == pytest.approx((1 + 0.75 + 0) / 3)
+    half = 1.959963984540054 * float(np.std([1, 0.75, 0], ddof=1)) / np.sqrt(3)
+    assert out["anls_low"] == pytest.approx(out["anls"] - half)
+    assert out["anls_high"] == pytest.approx(out["anls"] + half)
     with pytest.raises(ValueError, match="no reference"):
         anls_score("a", [])
 

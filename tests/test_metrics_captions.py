@@ -2,6 +2,7 @@
 
 import shutil
 
+import numpy as np
 import pytest
 
 from tasks.metrics import captions
@@ -34,7 +35,7 @@ def _direct(refs, preds):
 @needs_java
 def test_cider_equals_pycocoevalcap_directly():
     cid, bleu4, rouge = _direct(REFS, PREDS)
-    assert captions.cider(REFS, PREDS) == {"cider": pytest.approx(100 * cid, rel=1e-12)}
+    assert captions.cider(REFS, PREDS)["cider"] == pytest.approx(100 * cid, rel=1e-12)
     full = captions.caption_scores(dict(enumerate(REFS)), dict(enumerate(PREDS)))
     assert full["cider"] == pytest.approx(100 * cid, rel=1e-12)
     assert full["bleu4"] == pytest.approx(100 * bleu4, rel=1e-12)
@@ -62,6 +63,36 @@ def test_empty_candidates_score_zero_but_keep_document_frequencies():
     assert with_empty["rouge_l"] == pytest.approx(200 / 3)
     # one image alone: every n-gram is in every reference set, idf 0, CIDEr 0 (as upstream)
     assert captions.cider([["a dog runs fast"]], ["a dog runs fast"])["cider"] == 0.0
+
+
+THREE_REFS = [
+    ["a dog runs on the grass", "a brown dog running"],
+    ["two cats sleep on a bed", "cats sleeping on a red bed"],
+    ["a bird flies over the sea", "a white bird flying"],
+    ["a man rides a bike", "a person riding a bicycle"],
+]
+
+
+@needs_java
+def test_per_example_cider_is_pycocoevalcaps_per_image_score_in_target_order():
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    preds = ["a man rides a bike", "a dog", "cats on a bed", "a bird flies over the sea"]
+    tok = PTBTokenizer()
+    gts = tok.tokenize({i: [{"caption": c} for c in r] for i, r in enumerate(THREE_REFS)})
+    res = tok.tokenize({i: [{"caption": p}] for i, p in enumerate(preds)})
+    corpus, per_image = Cider().compute_score(gts, res)
+    got = captions.cider_per_example(THREE_REFS, preds)
+    assert got == pytest.approx([100 * float(v) for v in per_image], rel=1e-12)
+    # the last caption is one of its references and the second is nearly empty
+    assert max(got) == got[3] and min(got) == got[1]
+    out = captions.cider(THREE_REFS, preds)
+    assert out["cider"] == pytest.approx(100 * corpus, rel=1e-12)
+    sd = float(np.std(got, ddof=1))
+    half = 1.959963984540054 * sd / np.sqrt(len(got))
+    assert out["cider_low"] == pytest.approx(out["cider"] - half, rel=1e-9)
+    assert out["cider_high"] == pytest.approx(out["cider"] + half, rel=1e-9)
 
 
 def test_missing_java_message(monkeypatch):

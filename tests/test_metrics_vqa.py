@@ -1,5 +1,6 @@
 """Unit tests of the official VQA accuracy quirks, each computed by hand."""
 
+import numpy as np
 import pytest
 
 from tasks.metrics.vqa import (
@@ -8,6 +9,7 @@ from tasks.metrics.vqa import (
     process_punctuation,
     question_accuracy,
     vqa_accuracy,
+    vqa_per_example,
 )
 
 
@@ -102,6 +104,14 @@ def test_identical_answer_records_exclude_each_other():
 def test_seqio_metric():
     targets = [["cat"] * 10, {"answers": ["dog"] * 3 + ["x"] * 7}, ["a"] * 10]
     out = vqa_accuracy(targets, ["cat", "dog", "b"])
-    assert out == {"vqa_accuracy": pytest.approx(100 * (1 + 0.9 + 0) / 3)}
+    per = [100.0, 90.0, 0.0]
+    assert vqa_per_example(targets, ["cat", "dog", "b"]) == pytest.approx(per)
+    half = 1.959963984540054 * float(np.std(per, ddof=1)) / np.sqrt(3)
+    mean = 100 * (1 + 0.9 + 0) / 3
+    assert out == {
+        "vqa_accuracy": pytest.approx(mean),
+        "vqa_accuracy_low": pytest.approx(mean - half),
+        "vqa_accuracy_high": pytest.approx(mean + half),
+    }
     with pytest.raises(ValueError, match="targets"):
         vqa_accuracy(targets, ["cat"])

@@ -25,6 +25,8 @@ from locca import boxes as boxes_lib
 from locca import stats
 from locca.boxes import iou
 from locca.training import writers
+from tasks.metrics import captions as caption_metrics
+from tasks.metrics import vqa as vqa_metrics
 from transfer import common
 from transfer import report as report_lib
 
@@ -488,6 +490,75 @@ def rec_baseline_lines(cells: Mapping, columns: Sequence[Mapping], num_train: in
     return out
 
 
+# Holistic transfer metrics with per-example scores (mean = the metric):
+# metric name -> (targets, predictions) -> per-example scores in the metric's unit.
+PER_EXAMPLE_SCORES = {
+    "cider": caption_metrics.cider_per_example,
+    "vqa_accuracy": vqa_metrics.vqa_per_example,
+}
+
+
+def holistic_lines(
+    cells: Mapping, columns: Sequence[Mapping], encoders: Sequence[str], reference: str = "locca"
+) -> list[str]:
+    """Report lines on holistic parity: per transfer column with per-example
+    scores (``PER_EXAMPLE_SCORES``: caption CIDEr, VQA accuracy), each
+    encoder's value with the normal 95% interval of its per-example mean, and
+    ``reference`` minus every other encoder paired over the same evaluated
+    examples (mean per-example difference, normal 95% interval). The
+    intervals cover the evaluation sample only, not training noise (seeds).
+    [] without such columns or recorded predictions."""
+    out = []
+    for c in columns:
+        fn = PER_EXAMPLE_SCORES.get(c["metric"])
+        if fn is None or c["task"].startswith("rec_protocol:"):
+            continue
+        scores, keys = {}, {}  # encoder -> per-example scores [n]; -> example keys
+        for e in encoders:
+            rec = cells.get((e, c["task"]))
+            records = _prediction_records(rec, rec.get("seqio_task", c["task"]), "") if rec else []
+            if not records:
+                continue
+            keys[e] = [(r["index"], r["inputs"]) for r in records]
+            targets = [r["target"] for r in records]
+            scores[e] = np.asarray(fn(targets, [r["postprocessed"] for r in records]))
+        if not scores:
+            continue
+        first = next(iter(keys.values()))
+        if any(k != first for k in keys.values()):
+            out.append(f"- {c['label']}: encoders were evaluated on different examples; no "
+                       "paired comparison.")  # fmt: skip
+            continue
+        parts = []
+        for e, sc in scores.items():
+            m, lo, hi = stats.mean_ci(sc)
+            parts.append(f"{DISPLAY.get(e, e)} {m:.2f} [{lo:.2f}, {hi:.2f}]")
+        diffs = []
+        for e in scores:
+            if e == reference or reference not in scores:
+                continue
+            m, lo, hi = stats.mean_ci(scores[reference] - scores[e])
+            inside = "inside the noise" if lo <= 0 <= hi else "outside the noise"
+            diffs.append(
+                f"{DISPLAY.get(reference, reference)} − {DISPLAY.get(e, e)} "
+                f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}] ({inside})"
+            )
+        n = len(first)
+        out.append(
+            f"- {c['label']} (n = {n}; 95% interval of the per-example mean): "
+            + ", ".join(parts)
+            + (". Paired over the same examples: " + "; ".join(diffs) if diffs else "")
+            + "."
+        )
+    if out:
+        out.append(
+            "- These intervals are the evaluation sample's noise only. Training noise "
+            "(pretraining and fine-tuning seeds) is not in them: a difference outside them "
+            "can still be a difference between training runs rather than between recipes."
+        )
+    return out
+
+
 def _md_table(columns: Sequence[str], rows: Mapping[str, Sequence]) -> str:
     lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name, vals in rows.items():
@@ -498,7 +569,9 @@ def _md_table(columns: Sequence[str], rows: Mapping[str, Sequence]) -> str:
     return "\n".join(lines)
 
 
-def _results_lines(table, base, base_what, head, budget, work, encoders, rec_base) -> list[str]:
+def _results_lines(
+    table, base, base_what, head, budget, work, encoders, rec_base, holistic
+) -> list[str]:
     cols = table["columns"]
     md_rows = {
         DISPLAY.get(r["encoder"], r["encoder"]): [r["values"][c["key"]] for c in cols]
@@ -536,6 +609,10 @@ def _results_lines(table, base, base_what, head, budget, work, encoders, rec_bas
         "",
         *rec_interval_lines(table, budget["num_eval_examples"]),
         *rec_base,
+        "",
+        "## Holistic transfer: intervals and paired differences",
+        "",
+        *(holistic or ["No caption / VQA predictions recorded in this run."]),
         "",
         "## Zero-shot ARef (LocCa pretraining)",
         "",
@@ -632,8 +709,16 @@ def write_report(
         f"(seed {budget['seed']}).",
         "",
         *_results_lines(
-            table, base, base_what, head, budget, work, encoders, rec_baseline_lines(cells, cols)
-        ),
+            table,
+            base,
+            base_what,
+            head,
+            budget,
+            work,
+            encoders,
+            rec_baseline_lines(cells, cols),
+            holistic_lines(cells, cols, encoders),
+        ),  # fmt: skip
         *_paper_lines(),
         *_what_ran_lines(out, work, budget, stages, encoders),
     ]

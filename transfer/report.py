@@ -5,7 +5,13 @@ A table is a plain dict (what ``table.json`` holds)::
     {"title": str,
      "columns": [{"key": "shapes_vqa/vqa_accuracy", "label": "VQA acc", "task": ...,
                   "metric": ..., "scale": 1.0}, ...],
-     "rows": [{"encoder": "locca_tiny", "values": {key: float | None}}, ...]}
+     "rows": [{"encoder": "locca_tiny", "values": {key: float | None},
+               "intervals": {key: [low, high]}}, ...]}
+
+``intervals`` holds the 95% interval of each value whose metric reported one
+(``{metric}_low`` / ``{metric}_high``, e.g. CIDEr, VQA accuracy, Acc@0.5),
+scaled and rounded like the value; Markdown prints it after the value as
+``12.35 [10.00, 14.69]``, the CSV holds the values only.
 
 Values are the metric times the column's ``scale`` (e.g. ANLS x 100, as the
 paper prints it), rounded to ``DECIMALS`` places, so the three files hold the
@@ -123,12 +129,16 @@ def make_table(
         raise ValueError(f"duplicate column keys: {keys}")
     rows = []
     for enc in encoders:
-        values = {}
+        values, intervals = {}, {}
         for c in columns:
-            m = cells.get((enc, c["task"]))
-            v = None if m is None or m.get(c["metric"]) is None else m[c["metric"]]
-            values[c["key"]] = _round(None if v is None else float(v) * float(c.get("scale", 1)))
-        rows.append({"encoder": enc, "values": values})
+            m = cells.get((enc, c["task"])) or {}
+            scale = float(c.get("scale", 1))
+            v = m.get(c["metric"])
+            values[c["key"]] = _round(None if v is None else float(v) * scale)
+            lo, hi = m.get(f"{c['metric']}_low"), m.get(f"{c['metric']}_high")
+            if v is not None and lo is not None and hi is not None:
+                intervals[c["key"]] = [_round(float(lo) * scale), _round(float(hi) * scale)]
+        rows.append({"encoder": enc, "values": values, "intervals": intervals})
     return {"title": title, "columns": [dict(c) for c in columns], "rows": rows}
 
 
@@ -143,7 +153,13 @@ def to_markdown(table: Mapping) -> str:
         "|---|" + "---|" * len(cols),
     ]
     for r in table["rows"]:
-        vals = [_fmt(r["values"].get(c["key"])) for c in cols]
+        vals = []
+        for c in cols:
+            text = _fmt(r["values"].get(c["key"]))
+            ci = (r.get("intervals") or {}).get(c["key"])
+            if ci and text != MISSING_MD and None not in ci:
+                text += f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+            vals.append(text)
         lines.append(f"| {r['encoder']} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
 
@@ -163,10 +179,11 @@ def to_csv(table: Mapping) -> str:
 
 
 def read_markdown(text: str) -> dict[str, list[float | None]]:
-    """Parses :func:`to_markdown` output -> {encoder: [values]} (for checks)."""
+    """Parses :func:`to_markdown` output -> {encoder: [values]} (for checks;
+    intervals left out)."""
     out = {}
     for line in text.strip().splitlines()[2:]:
-        parts = [p.strip() for p in line.strip().strip("|").split("|")]
+        parts = [p.strip().split(" [")[0] for p in line.strip().strip("|").split("|")]
         out[parts[0]] = [None if p == MISSING_MD else float(p) for p in parts[1:]]
     return out
 

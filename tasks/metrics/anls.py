@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from locca import stats
+
 __all__ = ["normalize", "levenshtein", "normalized_levenshtein", "anls_score", "anls"]
 
 THRESHOLD = 0.5
@@ -57,7 +59,8 @@ def anls_score(prediction: str, references: Sequence[str], threshold: float = TH
 
 
 def anls(targets: Sequence, predictions: Sequence[str]) -> dict[str, float]:
-    """seqio metric: ``{"anls": mean score in [0, 1]}``.
+    """seqio metric: ``{"anls": mean score in [0, 1], "anls_low", "anls_high"}``
+    (the normal 95% interval of the mean of the per-question scores).
 
     Each target is the list of reference answers, one answer string, or a dict
     with an ``"answers"`` list (tasks.registry.text_postprocessor).
@@ -70,4 +73,5 @@ def anls(targets: Sequence, predictions: Sequence[str]) -> dict[str, float]:
         anls_score(p, t["answers"] if isinstance(t, Mapping) else t)
         for t, p in zip(targets, predictions)
     ]
-    return {"anls": float(sum(scores)) / len(scores)}
+    mean, low, high = stats.mean_ci(scores)
+    return {"anls": float(sum(scores)) / len(scores), "anls_low": low, "anls_high": high}

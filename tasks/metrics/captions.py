@@ -16,7 +16,16 @@ import shutil
 import sys
 from collections.abc import Mapping, Sequence
 
-__all__ = ["JavaNotFoundError", "require_java", "tokenize", "caption_scores", "cider"]
+from locca import stats
+
+__all__ = [
+    "JavaNotFoundError",
+    "require_java",
+    "tokenize",
+    "caption_scores",
+    "cider",
+    "cider_per_example",
+]
 
 _JAVA_HELP = (
     "`java` was not found on PATH; pycocoevalcap's PTBTokenizer (needed for CIDEr) runs the "
@@ -60,6 +69,7 @@ def caption_scores(
     *,
     bleu_rouge: bool = True,
     empty_candidates: Sequence[object] = (),
+    per_example: bool = False,
 ) -> dict[str, float]:
     """Corpus scores of one candidate per key against its references (x100).
 
@@ -70,6 +80,10 @@ def caption_scores(
       bleu_rouge: also compute BLEU-4 and ROUGE-L.
       empty_candidates: keys scored with an empty candidate (missing
         predictions); their references still count in the document frequencies.
+      per_example: also return ``"cider_per_example"``, each key's CIDEr-D
+        (x100, in the order of ``references``) with the document frequencies
+        of the whole set; their mean is the corpus CIDEr (pycocoevalcap's
+        score is that mean).
 
     Returns:
       ``{"cider": ..., "bleu4": ..., "rouge_l": ...}`` (the last two only when
@@ -93,7 +107,11 @@ def caption_scores(
     gts = {k: tokens[("ref", k)] for k in references}
     res = {k: [""] if k in empty else tokens[("cand", k)] for k in references}
     with contextlib.redirect_stdout(sys.stderr):
-        out = {"cider": 100.0 * float(Cider().compute_score(gts, res)[0])}
+        corpus, per_key = Cider().compute_score(gts, res)
+        out = {"cider": 100.0 * float(corpus)}
+        if per_example:
+            # pycocoevalcap scores the keys of gts in its own (insertion) order.
+            out["cider_per_example"] = [100.0 * float(v) for v in per_key]
         if bleu_rouge:
             from pycocoevalcap.bleu.bleu import Bleu
             from pycocoevalcap.rouge.rouge import Rouge
@@ -110,14 +128,25 @@ def _references(target) -> list[str]:
     return [target] if isinstance(target, str) else list(target)
 
 
-def cider(targets: Sequence, predictions: Sequence[str]) -> dict[str, float]:
-    """seqio metric: ``{"cider": 100 * CIDEr-D}`` over the evaluated set.
-
-    Each target is a list of reference captions, one caption, or a dict with an
-    ``"answers"`` list of references (tasks.registry.text_postprocessor).
-    """
+def cider_per_example(targets: Sequence, predictions: Sequence[str]) -> list[float]:
+    """Each example's CIDEr-D (x100), document frequencies from all ``targets``;
+    the mean is :func:`cider`. Targets as in :func:`cider`."""
     if len(targets) != len(predictions):
         raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions")
     refs = {i: _references(t) for i, t in enumerate(targets)}
     cands = dict(enumerate(predictions))
-    return caption_scores(refs, cands, bleu_rouge=False)
+    return caption_scores(refs, cands, bleu_rouge=False, per_example=True)["cider_per_example"]
+
+
+def cider(targets: Sequence, predictions: Sequence[str]) -> dict[str, float]:
+    """seqio metric: ``{"cider": 100 * CIDEr-D, "cider_low", "cider_high"}`` over the
+    evaluated set, with the normal 95% interval of the mean of the per-example
+    scores (``locca.stats.mean_ci``; document frequencies held at the evaluated
+    set's, so the interval is the evaluation sample's noise, not training noise).
+
+    Each target is a list of reference captions, one caption, or a dict with an
+    ``"answers"`` list of references (tasks.registry.text_postprocessor).
+    """
+    scores = cider_per_example(targets, predictions)
+    mean, low, high = stats.mean_ci(scores)
+    return {"cider": mean, "cider_low": low, "cider_high": high}

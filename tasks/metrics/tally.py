@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from locca import stats
+
 __all__ = ["parse_count", "tally_accuracy", "tally_report"]
 
 _WORDS = (
@@ -74,7 +76,8 @@ def tally_report(
 
 
 def tally_accuracy(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
-    """seqio metric: ``{"tally_accuracy": %[, "tally_simple", "tally_complex"]}``.
+    """seqio metric: ``{"tally_accuracy": %[, "tally_simple", "tally_complex"]}``,
+    each with its 95% Wilson interval (``{name}_low``, ``{name}_high``, %).
 
     Targets are counts (int, ``"2"``, ``"two"``) or dicts with ``"answer"`` (a
     count) or ``"answers"`` (references, the first is the count) and optionally
@@ -92,8 +95,11 @@ def tally_accuracy(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[s
         answers.append(count)
         simple.append(None if s is None else bool(s))
     rep = tally_report(answers, predictions, simple)
-    out = {"tally_accuracy": rep["overall"]}
-    for name in ("simple", "complex"):
+    out = {}
+    for name, n_key in (("overall", "num_questions"), ("simple", "num_simple"),
+                        ("complex", "num_complex")):  # fmt: skip
         if name in rep:
-            out[f"tally_{name}"] = rep[name]
+            key = "tally_accuracy" if name == "overall" else f"tally_{name}"
+            low, high = stats.proportion_ci(round(rep[name] / 100 * rep[n_key]), rep[n_key])
+            out.update({key: rep[name], f"{key}_low": 100 * low, f"{key}_high": 100 * high})
     return out

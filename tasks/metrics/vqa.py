@@ -33,11 +33,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from locca import stats
+
 __all__ = [
     "process_punctuation",
     "process_digit_article",
     "normalize_answer",
     "question_accuracy",
+    "vqa_per_example",
     "vqa_accuracy",
     "evaluate_vqa",
 ]
@@ -161,21 +164,28 @@ def question_accuracy(answers: Sequence[Any], prediction: str) -> float:
     return float(sum(accs)) / len(accs)
 
 
-def vqa_accuracy(targets: Sequence[Any], predictions: Sequence[str]) -> dict[str, float]:
-    """seqio metric: ``{"vqa_accuracy": 100 * mean accuracy}`` (unrounded).
-
-    Each target is the list of human answers (strings or answer dicts) or a
-    dict with an ``"answers"`` list; predictions are answer strings.
-    """
+def vqa_per_example(targets: Sequence[Any], predictions: Sequence[str]) -> list[float]:
+    """Each question's accuracy (x100, unrounded); targets as in :func:`vqa_accuracy`."""
     if len(targets) != len(predictions):
         raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions")
     if not targets:
         raise ValueError("no examples to score")
-    accs = []
-    for t, p in zip(targets, predictions):
-        answers = t["answers"] if isinstance(t, Mapping) else t
-        accs.append(question_accuracy(answers, p))
-    return {"vqa_accuracy": 100.0 * float(sum(accs)) / len(accs)}
+    return [
+        100.0 * question_accuracy(t["answers"] if isinstance(t, Mapping) else t, p)
+        for t, p in zip(targets, predictions)
+    ]
+
+
+def vqa_accuracy(targets: Sequence[Any], predictions: Sequence[str]) -> dict[str, float]:
+    """seqio metric: ``{"vqa_accuracy": 100 * mean accuracy, "vqa_accuracy_low",
+    "vqa_accuracy_high"}`` (unrounded; the normal 95% interval of the mean of
+    the per-question accuracies, ``locca.stats.mean_ci``).
+
+    Each target is the list of human answers (strings or answer dicts) or a
+    dict with an ``"answers"`` list; predictions are answer strings.
+    """
+    mean, low, high = stats.mean_ci(vqa_per_example(targets, predictions))
+    return {"vqa_accuracy": mean, "vqa_accuracy_low": low, "vqa_accuracy_high": high}
 
 
 def evaluate_vqa(
