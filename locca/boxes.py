@@ -37,6 +37,7 @@ __all__ = [
     "iou",
     "acc_at_05",
     "mean_iou",
+    "per_example_ious",
     "localisation_scores",
     "is_degenerate",
 ]
@@ -185,7 +186,7 @@ def iou(a, b) -> np.ndarray:
     return np.where(union > 0, inter / safe, 0.0)
 
 
-def _ious(pred_boxes: Sequence, gt_boxes: Sequence) -> np.ndarray:
+def per_example_ious(pred_boxes: Sequence, gt_boxes: Sequence) -> np.ndarray:
     """Per-example IoU [N]; a None prediction scores 0."""
     if len(pred_boxes) != len(gt_boxes):
         raise ValueError(f"{len(pred_boxes)} predictions but {len(gt_boxes)} ground-truth boxes")
@@ -200,12 +201,12 @@ def _ious(pred_boxes: Sequence, gt_boxes: Sequence) -> np.ndarray:
 
 def acc_at_05(pred_boxes: Sequence, gt_boxes: Sequence) -> float:
     """Fraction of predictions with IoU >= 0.5 to their ground truth (None = wrong)."""
-    return float(np.mean(_ious(pred_boxes, gt_boxes) >= 0.5))
+    return float(np.mean(per_example_ious(pred_boxes, gt_boxes) >= 0.5))
 
 
 def mean_iou(pred_boxes: Sequence, gt_boxes: Sequence) -> float:
     """Mean IoU over examples (None prediction = IoU 0)."""
-    return float(np.mean(_ious(pred_boxes, gt_boxes)))
+    return float(np.mean(per_example_ious(pred_boxes, gt_boxes)))
 
 
 def is_degenerate(box) -> bool:
@@ -282,7 +283,7 @@ def localisation_scores(pred_boxes: Sequence, gt_boxes: Sequence) -> dict[str, f
     ``num_unparsed`` (None predictions) and ``num_degenerate`` (parsed boxes
     of zero area). Fractions, not percent.
     """
-    ious = _ious(pred_boxes, gt_boxes)
+    ious = per_example_ious(pred_boxes, gt_boxes)
     n = len(ious)
     hits = int(np.sum(ious >= 0.5))
     lo, hi = stats.proportion_ci(hits, n)

@@ -96,8 +96,11 @@ def test_same_seed_same_table(tmp_path):
     assert [r["encoder"] for r in rows] == ["cap", "locca"]
     assert "no verdict" in report
     # holistic parity: VQA per encoder with intervals, LocCa - Cap paired
-    assert re.search(r"^- VQA.*\(n = \d+; 95% interval.*Paired over the same examples: "
+    assert re.search(r"^- VQA.*\(n = \d+; 95% normal interval.*Paired over the same examples: "
                      r"LocCa − Cap [+-]\d", report, re.M)  # fmt: skip
+    # and on the frozen REC splits, LocCa - Cap paired per example
+    paired_rec = re.findall(r"^- REC frozen .*\(n = \d+;.*LocCa − Cap [+-]\d", report, re.M)
+    assert len(paired_rec) == 2, report
     # The REC splits' trivial baselines read the shapes world's scene of each
     # example: its true box is one of the scene's objects, so a random object
     # hits with probability >= 1 / (objects in the scene) > 0.
@@ -177,7 +180,7 @@ def _vqa_cell(tmp_path, encoder, correct, keys=None):
             "predictions": str(path)}  # fmt: skip
 
 
-def test_holistic_lines_pair_the_encoders_on_the_same_examples(tmp_path):
+def test_paired_lines_pair_the_encoders_on_the_same_examples(tmp_path):
     n = 200
     rng = np.random.default_rng(0)
     cap = rng.random(n) < 0.5
@@ -189,7 +192,7 @@ def test_holistic_lines_pair_the_encoders_on_the_same_examples(tmp_path):
     }
     col = {"key": "shapes_vqa/vqa_accuracy", "label": "VQA acc", "task": "shapes_vqa",
            "metric": "vqa_accuracy"}  # fmt: skip
-    lines = demo_report.holistic_lines(cells, [col], ["cap", "locca"])
+    lines = demo_report.paired_lines(cells, [col], ["cap", "locca"], frozen_rec=False)
     line = lines[0]
     assert f"(n = {n};" in line
     m, lo, hi = (100 * cap.mean(), *(100 * x for x in _mean_ci(cap)))
@@ -202,12 +205,52 @@ def test_holistic_lines_pair_the_encoders_on_the_same_examples(tmp_path):
     assert "training noise" in lines[-1].lower()
     # equal answers: the paired difference is exactly 0, inside the noise
     cells[("locca", "shapes_vqa")] = _vqa_cell(tmp_path, "locca", cap)
-    same = demo_report.holistic_lines(cells, [col], ["cap", "locca"])[0]
+    same = demo_report.paired_lines(cells, [col], ["cap", "locca"], frozen_rec=False)[0]
     assert "LocCa − Cap +0.00 [+0.00, +0.00] (inside the noise)" in same
     # different evaluated examples: no pairing
     keys = list(range(1, n + 1))
     cells[("locca", "shapes_vqa")] = _vqa_cell(tmp_path, "locca", cap, keys=keys)
-    assert "different examples" in demo_report.holistic_lines(cells, [col], ["cap", "locca"])[0]
+    assert (
+        "different examples"
+        in demo_report.paired_lines(cells, [col], ["cap", "locca"], frozen_rec=False)[0]
+    )
+
+
+def test_paired_lines_on_the_frozen_rec_splits(tmp_path):
+    box = [0.0, 0.0, 0.5, 0.5]
+    miss = [0.5, 0.5, 1.0, 1.0]
+
+    def cell(encoder, hits):
+        preds = {}
+        for split in ("validation", "test"):
+            path = tmp_path / f"{encoder}_{split}.jsonl"
+            wrong = [miss if i % 2 else None for i in range(len(hits))]  # a miss or unparsed
+            recs = [{"index": i, "inputs": f"e{i}", "postprocessed": box if h else wrong[i],
+                     "target": {"box": box}} for i, h in enumerate(hits)]  # fmt: skip
+            path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+            preds[f"shapes_refexp_b32:{split}"] = str(path)
+        return {"encoder": encoder, "task": "rec_protocol:shapes_refexp_b32",
+                "seqio_task": "shapes_refexp_b32", "predictions": preds}  # fmt: skip
+
+    hits = np.zeros(100, bool)
+    hits[:5] = True
+    more = hits.copy()
+    more[5:8] = True
+    cells = {(e, "rec_protocol:shapes_refexp_b32"): cell(e, h)
+             for e, h in (("cap", hits), ("locca", more))}  # fmt: skip
+    cols = [{"key": f"rec_protocol:shapes_refexp_b32/{s}/acc@0.5", "label": f"REC {s}",
+             "task": "rec_protocol:shapes_refexp_b32", "metric": f"{s}/acc@0.5"}
+            for s in ("validation", "test")]  # fmt: skip
+    assert demo_report.paired_lines(cells, cols, ["cap", "locca"], frozen_rec=False) == []
+    # the fine-tuned REC column is localisation too, not holistic
+    tuned = [dict(c, task="shapes_refexp_b32", metric="acc@0.5") for c in cols[:1]]
+    assert demo_report.paired_lines(cells, tuned, ["cap", "locca"], frozen_rec=False) == []
+    lines = demo_report.paired_lines(cells, cols, ["cap", "locca"], frozen_rec=True)
+    assert [x.split(" (n = ")[0] for x in lines[:2]] == ["- REC validation", "- REC test"]
+    d = np.where(more & ~hits, 100.0, 0.0)  # LocCa hits 3 more, misses none that Cap hits
+    half = 1.959963984540054 * d.std(ddof=1) / np.sqrt(100)
+    assert "Cap 5.00 [" in lines[0] and "LocCa 8.00 [" in lines[0]
+    assert f"LocCa − Cap +3.00 [{3 - half:+.2f}, {3 + half:+.2f}] (inside the noise)" in lines[0]
 
 
 def _mean_ci(x):

@@ -47,6 +47,13 @@ def test_rec_accuracy_decoded_predictions():
     assert out["acc@0.5"] == 50.0 and out["mean_iou"] == pytest.approx(0.25)
     assert out["num_unparsed"] == 1 and out["num_degenerate"] == 0
     assert out["acc@0.5_low"] < 50.0 < out["acc@0.5_high"]  # Wilson, n = 2
+    hits = _fn("rec", "rec_hits_per_example")(t, [np.array([0.0, 0.0, 1.0, 0.5]), None])
+    assert hits == [100.0, 0.0]  # IoU 0.5 counts as a hit; unparsed is a miss
+    texts = ["0 0 500 250", "0 0 250 249", "junk"]  # box text, 500 bins, yxyx
+    gts = [{"box": [0.0, 0.0, 1.0, 0.5]}] * 3
+    per = _fn("rec", "rec_hits_per_example")(gts, texts)
+    assert per == [100.0, 0.0, 0.0]  # IoU 1, IoU 0.249 (< 0.5), unparsed
+    assert np.mean(per) == pytest.approx(_fn("rec", "rec_metrics")(gts, texts)["acc@0.5"])
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="java not on PATH")

@@ -26,6 +26,7 @@ from locca import stats
 from locca.boxes import iou
 from locca.training import writers
 from tasks.metrics import captions as caption_metrics
+from tasks.metrics import rec as rec_metrics
 from tasks.metrics import vqa as vqa_metrics
 from transfer import common
 from transfer import report as report_lib
@@ -490,33 +491,50 @@ def rec_baseline_lines(cells: Mapping, columns: Sequence[Mapping], num_train: in
     return out
 
 
-# Holistic transfer metrics with per-example scores (mean = the metric):
-# metric name -> (targets, predictions) -> per-example scores in the metric's unit.
+# Metrics with per-example scores (their mean is the metric), for intervals and
+# paired encoder differences: metric name -> (targets, predictions) -> scores
+# in the metric's unit.
 PER_EXAMPLE_SCORES = {
     "cider": caption_metrics.cider_per_example,
     "vqa_accuracy": vqa_metrics.vqa_per_example,
+    "acc@0.5": rec_metrics.rec_hits_per_example,
 }
 
 
-def holistic_lines(
-    cells: Mapping, columns: Sequence[Mapping], encoders: Sequence[str], reference: str = "locca"
+def paired_lines(
+    cells: Mapping,
+    columns: Sequence[Mapping],
+    encoders: Sequence[str],
+    *,
+    frozen_rec: bool,
+    reference: str = "locca",
 ) -> list[str]:
-    """Report lines on holistic parity: per transfer column with per-example
-    scores (``PER_EXAMPLE_SCORES``: caption CIDEr, VQA accuracy), each
-    encoder's value with the normal 95% interval of its per-example mean, and
-    ``reference`` minus every other encoder paired over the same evaluated
-    examples (mean per-example difference, normal 95% interval). The
+    """Report lines per column with per-example scores (``PER_EXAMPLE_SCORES``):
+    the frozen-encoder REC splits' Acc@0.5 (``frozen_rec``) or the holistic
+    transfer columns (caption CIDEr, VQA accuracy; not the fine-tuned REC
+    column). Each encoder's value with
+    the normal 95% interval of its per-example mean, and ``reference`` minus
+    every other encoder paired over the same evaluated examples (the mean
+    per-example difference with its normal 95% interval: narrower than two
+    independent intervals when the encoders agree on many examples). The
     intervals cover the evaluation sample only, not training noise (seeds).
     [] without such columns or recorded predictions."""
     out = []
     for c in columns:
-        fn = PER_EXAMPLE_SCORES.get(c["metric"])
-        if fn is None or c["task"].startswith("rec_protocol:"):
+        metric = c["metric"].rsplit("/", 1)[-1]
+        fn = PER_EXAMPLE_SCORES.get(metric)
+        # frozen REC: the protocol's splits; holistic: not a localisation column
+        wanted = c["task"].startswith("rec_protocol:") if frozen_rec else metric != "acc@0.5"
+        if fn is None or not wanted:
             continue
         scores, keys = {}, {}  # encoder -> per-example scores [n]; -> example keys
         for e in encoders:
             rec = cells.get((e, c["task"]))
-            records = _prediction_records(rec, rec.get("seqio_task", c["task"]), "") if rec else []
+            if not rec:
+                continue
+            # REC protocol cells record {task:split: path}; the metric names the split
+            split = c["metric"].split("/")[0] if isinstance(rec.get("predictions"), Mapping) else ""
+            records = _prediction_records(rec, rec.get("seqio_task", c["task"]), split)
             if not records:
                 continue
             keys[e] = [(r["index"], r["inputs"]) for r in records]
@@ -543,9 +561,8 @@ def holistic_lines(
                 f"{DISPLAY.get(reference, reference)} − {DISPLAY.get(e, e)} "
                 f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}] ({inside})"
             )
-        n = len(first)
         out.append(
-            f"- {c['label']} (n = {n}; 95% interval of the per-example mean): "
+            f"- {c['label']} (n = {len(first)}; 95% normal interval of the per-example mean): "
             + ", ".join(parts)
             + (". Paired over the same examples: " + "; ".join(diffs) if diffs else "")
             + "."
@@ -570,7 +587,7 @@ def _md_table(columns: Sequence[str], rows: Mapping[str, Sequence]) -> str:
 
 
 def _results_lines(
-    table, base, base_what, head, budget, work, encoders, rec_base, holistic
+    table, base, base_what, head, budget, work, encoders, rec_base, rec_paired, holistic
 ) -> list[str]:
     cols = table["columns"]
     md_rows = {
@@ -609,6 +626,12 @@ def _results_lines(
         "",
         *rec_interval_lines(table, budget["num_eval_examples"]),
         *rec_base,
+        *(
+            ["", "Paired over the same REC examples (per-example hits, 0 or 100):", ""]
+            if rec_paired
+            else []
+        ),
+        *rec_paired,
         "",
         "## Holistic transfer: intervals and paired differences",
         "",
@@ -717,8 +740,9 @@ def write_report(
             work,
             encoders,
             rec_baseline_lines(cells, cols),
-            holistic_lines(cells, cols, encoders),
-        ),  # fmt: skip
+            paired_lines(cells, cols, encoders, frozen_rec=True),
+            paired_lines(cells, cols, encoders, frozen_rec=False),
+        ),
         *_paper_lines(),
         *_what_ran_lines(out, work, budget, stages, encoders),
     ]

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from locca.boxes import BoxCodec, localisation_scores
+from locca.boxes import BoxCodec, localisation_scores, per_example_ious
 
-__all__ = ["as_box", "rec_report", "rec_metrics", "rec_accuracy"]
+__all__ = ["as_box", "rec_report", "rec_metrics", "rec_hits_per_example", "rec_accuracy"]
 
 
 def as_box(value: Any, codec: BoxCodec) -> np.ndarray | None:
@@ -68,6 +68,19 @@ def rec_metrics(
     rep = rec_report(preds, gts)
     del rep["num_examples"]
     return rep
+
+
+def rec_hits_per_example(
+    targets: Sequence[Any], predictions: Sequence[Any], *, codec: BoxCodec | None = None
+) -> list[float]:
+    """Each example's Acc@0.5 in percent (100: IoU >= 0.5, 0: lower or unparsed);
+    the mean is :func:`rec_metrics`'s ``acc@0.5``. Targets and predictions as there."""
+    codec = codec or BoxCodec()
+    gts = [as_box(t, codec) for t in targets]
+    if any(g is None for g in gts):
+        raise ValueError(f"target #{[g is None for g in gts].index(True)} is not a box")
+    preds = [as_box(p, codec) for p in predictions]
+    return [100.0 * float(h) for h in per_example_ious(preds, gts) >= 0.5]
 
 
 def rec_accuracy(targets: Sequence[Any], predictions: Sequence[Any]) -> dict:
