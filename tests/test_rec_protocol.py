@@ -172,3 +172,28 @@ def test_encoder_gets_no_gradient():
     assert all(float(np.abs(x).max()) == 0.0 for x in jax.tree.leaves(g_enc))
     g_dec = jax.jit(jax.grad(lambda p: loss_fn(p, frozen, batch, jax.random.PRNGKey(0))[0]))(params)
     assert any(float(np.abs(x).max()) > 0.0 for x in jax.tree.leaves(g_dec))
+
+
+def test_feature_cache_trains_the_same_decoder(tmp_path):
+    """Cached frozen-encoder tokens (each training image encoded once) give the
+    decoder the steps and evaluation of the encoder run in every step, up to
+    floating-point summation order."""
+    spec = common.encoder(name="tiny", vit_config=VIT, resolution=32)
+    kw = dict(encoder=spec, task="shapes_refexp", eval=("validation",),
+              task_feature_lengths={"inputs": 16, "targets": 12}, train_steps=4, batch_size=4,
+              depth=1, learning_rate=1e-2, warmup_steps=1, eval_batch_size=4,
+              num_eval_examples=8, checkpoint_every=0, log_every=1, progress=False)  # fmt: skip
+    plain = rec_protocol.rec_protocol(model_dir=str(tmp_path / "plain"), **kw)
+    cached = rec_protocol.rec_protocol(model_dir=str(tmp_path / "cached"), feature_cache_mb=1, **kw)
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(plain["params"]), jax.tree.leaves(cached["params"])
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=str(path))
+    losses = [
+        [json.loads(x)["loss"] for x in open(tmp_path / d / "metrics.jsonl") if '"loss"' in x]
+        for d in ("plain", "cached")
+    ]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    stats = json.loads(open(tmp_path / "cached" / "rec_metrics.json").read())["feature_cache"]
+    assert 1 <= stats["encoded"] <= 16 and stats["images"] == stats["encoded"]
+    assert json.loads(open(tmp_path / "plain" / "rec_metrics.json").read())["feature_cache"] is None

@@ -43,6 +43,7 @@ from locca.io_utils import atomic_write_json
 from locca.models import decoder as decoder_lib
 from locca.models import vit
 from locca.training import optimizers
+from locca.training.frozen_features import FrozenFeatureCache
 from locca.training.trainer import train as trainer_train
 from transfer import common
 from transfer.eval import load_task_data, score_task, write_jsonl
@@ -91,14 +92,21 @@ def pack_prompt_and_target(
     }
 
 
-def _rec_batches(base_batches, max_len: int):
+def _rec_batches(base_batches, max_len: int, features: FrozenFeatureCache | None = None):
+    """The trainer's batches: ``image`` [B, H, W, 3] uint8, or with ``features``
+    the frozen encoder's tokens ``encoded`` [B, N, D] in its place, plus the
+    packed decoder features."""
+
     def batches(start_step: int):
         for b in base_batches(start_step):
             packed = pack_prompt_and_target(
                 b["encoder_input_tokens"], b["decoder_target_tokens"], max_len
             )
             packed.pop("prompt_length")
-            yield {"image": b["image"], **packed}
+            if features is None:
+                yield {"image": b["image"], **packed}
+            else:
+                yield {"encoded": features(b["image"]), **packed}
 
     return batches
 
@@ -208,12 +216,17 @@ def make_loss_fn(spec: common.EncoderSpec, decoder: decoder_lib.Decoder, num_slo
     Only the ``num_slots`` box positions of each row (:func:`loss_slots`) go
     through the vocabulary projection: the same loss and gradients as the full
     [B, L, V] logits with the prompt's weights at 0, at a fraction of the cost
-    (the projection is most of this small decoder's step).
+    (the projection is most of this small decoder's step). A batch carrying
+    ``encoded`` (the frozen encoder's tokens, ``_rec_batches`` with a feature
+    cache) skips the encoder.
     """
     encode = make_encode_fn(spec)
 
     def loss_fn(params, frozen, batch, rng):
-        encoded = encode(frozen, batch["image"])  # [B, N, D]
+        if "encoded" in batch:  # the frozen encoder's tokens, from a FrozenFeatureCache
+            encoded = batch["encoded"]  # [B, N, D]
+        else:
+            encoded = encode(frozen, batch["image"])  # [B, N, D]
         positions, weights = loss_slots(batch["decoder_loss_weights"], num_slots)  # [B, K]
         logits = decoder.apply(
             {"params": params["decoder"]},
@@ -329,6 +342,7 @@ def rec_protocol(
     data_seed: int = 0,
     progress: bool = True,
     tensorboard: bool = False,
+    feature_cache_mb: int = 0,
 ) -> dict:
     """Trains the REC decoder on ``task`` with ``encoder`` frozen; evaluates.
 
@@ -342,6 +356,10 @@ def rec_protocol(
         encoder's width, heads and MLP).
       learning_rate, warmup_steps, weight_decay, schedule: AdamW
         (``locca.training.optimizers.make_optimizer``).
+      feature_cache_mb: host memory (MiB) for the frozen encoder's tokens of
+        the training images (``locca.training.frozen_features``): each image
+        is encoded once and the train step runs the decoder only; beyond the
+        limit, images are encoded every time. 0: the encoder runs in every step.
 
     Returns:
       ``{"metrics": {"{task}/{split}/acc@0.5": %, ".../mean_iou": ..., ...},
@@ -381,6 +399,13 @@ def rec_protocol(
         batch_size=batch_size,
         seed=data_seed,
     )
+    cache = None
+    if feature_cache_mb:
+        encode = jax.jit(make_encode_fn(encoder))
+        frozen_on_device = jax.device_put(frozen)
+        cache = FrozenFeatureCache(
+            lambda images: encode(frozen_on_device, images), max_bytes=feature_cache_mb * 2**20
+        )
     os.makedirs(model_dir, exist_ok=True)
     _write_info(model_dir, encoder, decoder, task)
     state = trainer_train(
@@ -388,7 +413,7 @@ def rec_protocol(
         init_params=init,
         loss_fn=make_loss_fn(encoder, decoder, int(lengths["targets"])),
         optimizer=optimizer,
-        batches=_rec_batches(base, max_len),
+        batches=_rec_batches(base, max_len, features=cache),
         num_steps=train_steps,
         frozen_params=frozen,
         seed=seed,
@@ -406,9 +431,14 @@ def rec_protocol(
         entries=_parse_eval(eval, task), task=task, task_feature_lengths=lengths,
         batch_size=eval_batch_size, num_examples=num_eval_examples,
     )  # fmt: skip
+    cache_stats = None
+    if cache is not None:
+        cache_stats = {"images": len(cache), "mib": round(cache.nbytes / 2**20, 2),
+                       "hits": cache.hits, "encoded": cache.misses}  # fmt: skip
+        log.info("REC protocol: frozen-feature cache %s", cache_stats)
     atomic_write_json(
         os.path.join(model_dir, "rec_metrics.json"),
-        {"step": step, "metrics": metrics},
+        {"step": step, "metrics": metrics, "feature_cache": cache_stats},
         indent=1,
         sort_keys=True,
     )
